@@ -1,0 +1,5 @@
+import sys
+
+from visionfit.cli import main
+
+sys.exit(main())

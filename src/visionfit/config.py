@@ -1,0 +1,318 @@
+"""The one typed training configuration: defaults → recipe → config file → CLI flags.
+
+Every field carries its help text and group, so the CLI, README's option tour and the config saved
+with each run all come from this one place. The config is flat on purpose: each key is also a flag
+(`batch_size` ↔ `--batch-size`) and a line of the saved `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionfit.errors import UserError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+from visionfit.recipes import RECIPES, recipe_names
+
+DATASETS = ("cifar10", "cifar10-sample", "folder")
+DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
+
+
+def option(
+    default: Any,
+    help: str,
+    group: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    flag: str | None = None,
+) -> Any:
+    """A dataclass field with what the CLI needs to expose it."""
+    metadata = {"help": help, "group": group, "choices": choices, "metavar": metavar, "flag": flag}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs. Build it with `build_config` to get validation and recipes."""
+
+    # data
+    dataset: str | None = option(
+        None,
+        "cifar10 (default; falls back to the bundled cifar10-sample when CIFAR-10 is neither "
+        "cached nor downloadable), cifar10-sample, or folder (ROOT/<class>/<images>)",
+        "data",
+        choices=DATASETS,
+    )
+    data_dir: str | None = option(
+        None,
+        "where the dataset lives; cifar10: a cifar-10-batches-py folder or its parent "
+        "(default ~/.cache/visionfit/cifar10, downloaded there when missing)",
+        "data",
+        metavar="DIR",
+    )
+    val_fraction: float = option(
+        0.1,
+        "folder datasets without train/ and val/ subfolders: share of each class held out "
+        "for testing (seeded, stratified)",
+        "data",
+    )
+    input_size: int | None = option(
+        None, "image side in pixels fed to the model (default: the model's own)", "data"
+    )
+    mean: tuple[float, float, float] | None = option(
+        None,
+        "per-channel normalisation mean, e.g. 0.5,0.5,0.5 (default: the model's own)",
+        "data",
+        metavar="R,G,B",
+    )
+    std: tuple[float, float, float] | None = option(
+        None, "per-channel normalisation std (default: the model's own)", "data", metavar="R,G,B"
+    )
+    augment: bool = option(True, "training augmentation: random crop and horizontal flip", "data")
+    shuffle: bool = option(True, "shuffle the training data every epoch", "data")
+    batch_size: int = option(64, "images per training step", "data")
+    eval_batch_size: int | None = option(None, "images per test batch (default: 2 x batch size)", "data")
+    workers: int | None = option(
+        None, "data loading processes (default: chosen per device and dataset)", "data"
+    )
+
+    # model
+    model: str = option("cifar10-quick", "registered model name (see `visionfit models`)", "model")
+    model_args: dict[str, Any] = option(  # noqa: RUF009  (option() returns a dataclass field)
+        {}, "builder argument for the model, repeatable", "model", metavar="KEY=VALUE", flag="--model-arg"
+    )
+
+    # optimisation
+    epochs: int = option(10, "passes over the training data", "optimisation")
+    optimizer: str = option("sgd", "optimizer", "optimisation", choices=("sgd", "adamw"))
+    lr: float = option(0.01, "peak learning rate", "optimisation")
+    momentum: float = option(0.9, "SGD momentum", "optimisation")
+    nesterov: bool = option(False, "Nesterov momentum for SGD", "optimisation")
+    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)", "optimisation")
+    scheduler: str = option(
+        "cosine", "learning-rate schedule, stepped every batch", "optimisation", choices=("none", "cosine")
+    )
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs", "optimisation")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing", "optimisation")
+
+    # run
+    recipe: str | None = option(
+        None,
+        "named set of defaults; flags still override it (see `visionfit recipes`)",
+        "run",
+        choices=recipe_names(),
+    )
+    device: str = option("auto", f"{DEVICES_HELP}; auto picks cuda, then mps, then cpu", "run")
+    precision: str = option(
+        "fp32", "numeric precision of the forward and backward pass", "run", choices=("fp32", "bf16", "fp16")
+    )
+    seed: int = option(0, "seed for initialisation, data order and augmentation", "run")
+    run_dir: str = option("runs", "folder that holds one sub-folder per run", "run", metavar="DIR")
+    name: str | None = option(None, "run name (default: dataset-model-date-time)", "run")
+    log_every: int = option(
+        100, "print and log the training loss every N steps (0: never)", "run", metavar="N"
+    )
+    keep_every_epoch: bool = option(
+        False, "also keep one checkpoint per epoch (epoch_NNN), like the tutorial", "run"
+    )
+    tensorboard: bool = option(True, "write TensorBoard event files", "run")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+    @property
+    def test_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def flag_name(config_field: dataclasses.Field[Any]) -> str:
+    return config_field.metadata.get("flag") or "--" + config_field.name.replace("_", "-")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Turn a value from a file or a flag into the field's type, or say which key is wrong."""
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        (inner,) = [argument for argument in arguments if argument is not type(None)]
+        return _coerce(name, value, inner)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and len(items) == len(arguments):
+            try:
+                return tuple(float(item) for item in items)
+            except (TypeError, ValueError):
+                pass
+        raise UserError(f"{name} needs {len(arguments)} comma-separated numbers, got {value!r}")
+    elif origin is dict and isinstance(value, dict):
+        return dict(value)
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{name} must be {type_name}, got {value!r}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """Return a copy of `config` with `overrides` applied; unknown keys are an error naming `source`."""
+    hints = _field_types()
+    known = {config_field.name for config_field in config_fields()}
+    changes = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(f"unknown option {key!r} in {source}{did_you_mean(name, known)}")
+        changes[name] = _coerce(name, value, hints[name])
+    return dataclasses.replace(config, **changes)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat mapping from a .yaml/.yml, .json or .toml file (a saved run config works too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".yaml", ".yml", ".json", ".toml"):
+        raise UserError(f"config file {path} must end in .yaml, .yml, .json or .toml")
+    import yaml
+
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as error:  # JSON and TOML errors are ValueErrors
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot parse config file {path}: {first_line}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+def build_config(
+    file_values: dict[str, Any] | None = None,
+    flag_values: dict[str, Any] | None = None,
+    *,
+    file_name: str = "config file",
+) -> TrainConfig:
+    """Layer defaults → recipe → config file → flags, then validate.
+
+    The recipe is looked up first (a flag beats the file) so that the file and flags override it.
+    """
+    file_values = dict(file_values or {})
+    flag_values = dict(flag_values or {})
+    recipe = flag_values.get("recipe", file_values.get("recipe"))
+    config = TrainConfig()
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UserError(
+                f"unknown recipe {recipe!r}; choose from {', '.join(recipe_names())}"
+                f"{did_you_mean(str(recipe), RECIPES)}"
+            )
+        config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
+    config = apply_overrides(config, file_values, file_name)
+    config = apply_overrides(config, flag_values, "command-line flags")
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Check values a type cannot express; each failure names the flag and what would be valid."""
+    for config_field in config_fields():
+        choices = config_field.metadata.get("choices")
+        value = getattr(config, config_field.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(
+                f"{flag_name(config_field)} must be one of {', '.join(choices)}, "
+                f"got {value!r}{did_you_mean(str(value), choices)}"
+            )
+    positive_ints = ("batch_size", "epochs")
+    for name in positive_ints:
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.eval_batch_size is not None and config.eval_batch_size < 1:
+        raise UserError(f"--eval-batch-size must be at least 1, got {config.eval_batch_size}")
+    if config.input_size is not None and not 8 <= config.input_size <= 4096:
+        raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
+    if config.workers is not None and config.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {config.workers}")
+    if config.log_every < 0:
+        raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if not 0 <= config.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {config.momentum}")
+    if config.weight_decay < 0:
+        raise UserError(f"--weight-decay must be 0 or more, got {config.weight_decay}")
+    if not 0 <= config.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise UserError(
+            f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs}"
+        )
+    if not 0 < config.val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {config.val_fraction}")
+    if config.std is not None and any(value <= 0 for value in config.std):
+        raise UserError(f"--std values must be positive, got {','.join(map(str, config.std))}")
+    if config.name is not None and (not config.name or "/" in config.name or config.name in (".", "..")):
+        raise UserError(f"--name must be a plain folder name, got {config.name!r}")
+    if config.dataset == "folder" and not config.data_dir:
+        raise UserError("--dataset folder needs --data-dir ROOT, where ROOT/<class>/ holds the images")
+    from visionfit.runtime import check_device_name
+
+    check_device_name(config.device)
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    import yaml
+
+    header = "# visionfit training config; rerun with: visionfit train --config THIS_FILE\n"
+    path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,54 @@
+"""Named sets of defaults (`--recipe NAME`). A recipe only changes defaults: the config file and
+flags still override every value it sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    values: dict[str, Any]
+
+
+def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
+    table: dict[str, Recipe] = {}
+    for recipe in recipes:
+        if recipe.name in table:
+            raise ValueError(f"recipe {recipe.name!r} is defined twice")
+        table[recipe.name] = recipe
+    return table
+
+
+RECIPES = _recipes(
+    Recipe(
+        name="tutorial",
+        description="the PyTorch tutorial's CIFAR-10 routine exactly: cifar10-quick, plain SGD "
+        "lr 0.01, batch 64, 10 epochs, ToTensor only (no augmentation, no normalisation), constant "
+        "lr, no shuffling (CIFAR-10's batch files are already shuffled; add --shuffle for folders)",
+        values={
+            "model": "cifar10-quick",
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.0,
+            "nesterov": False,
+            "weight_decay": 0.0,
+            "scheduler": "none",
+            "warmup_epochs": 0.0,
+            "label_smoothing": 0.0,
+            "batch_size": 64,
+            "epochs": 10,
+            "augment": False,
+            "shuffle": False,
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+        },
+    ),
+)
+
+
+def recipe_names() -> tuple[str, ...]:
+    return tuple(RECIPES)
