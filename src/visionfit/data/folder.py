@@ -1,0 +1,139 @@
+"""Image-folder datasets: ROOT/<class>/<images>, optionally split into ROOT/train and ROOT/val."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from visionfit.data.images import IMAGE_EXTENSIONS, is_image_name
+from visionfit.errors import UserError
+
+
+@dataclass
+class FileSamples:
+    """Image files and their class indices."""
+
+    paths: list[Path]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def class_folders(root: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of `root`: hidden folders (.git, .ipynb_checkpoints)
+    are never classes."""
+    return sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable order; follows symlinks once each."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in seen:  # a symlink loop, or two links to one folder
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    pending.append(Path(entry.path))
+                elif entry.is_file() and is_image_name(entry.name):
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def scan_classes(root: Path, classes: list[str] | None = None) -> tuple[list[str], FileSamples]:
+    """Collect ROOT/<class>/**/<image> files. With `classes` given, folders must be among them."""
+    found = class_folders(root)
+    if not found:
+        raise UserError(f"{root} has no class folders; expected {root}/<class name>/<images>")
+    if classes is None:
+        classes = found
+    else:
+        unknown = [name for name in found if name not in classes]
+        if unknown:
+            raise UserError(
+                f"{root} has class folder(s) {', '.join(unknown)} that the training "
+                f"split does not have ({', '.join(classes)})"
+            )
+    samples = FileSamples([], [])
+    for name in found:
+        files = _image_files(root / name)
+        if not files:
+            raise UserError(
+                f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})"
+                "; add images or remove the folder"
+            )
+        samples.paths.extend(files)
+        samples.labels.extend([classes.index(name)] * len(files))
+    return classes, samples
+
+
+def stratified_split(
+    samples: FileSamples, num_classes: int, fraction: float, seed: int
+) -> tuple[FileSamples, FileSamples]:
+    """Hold out `fraction` of every class (at least one image of classes with two or more)."""
+    generator = torch.Generator().manual_seed(seed)
+    train, held_out = FileSamples([], []), FileSamples([], [])
+    for label in range(num_classes):
+        members = [index for index, value in enumerate(samples.labels) if value == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        count = round(len(members) * fraction)
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        for position, member in enumerate(order):
+            target = held_out if position < count else train
+            target.paths.append(samples.paths[members[member]])
+            target.labels.append(label)
+    return train, held_out
+
+
+def find_split_folders(root: Path) -> tuple[Path, Path] | None:
+    """ROOT/train plus ROOT/val (preferred) or ROOT/test, when the dataset comes pre-split."""
+    if not (root / "train").is_dir():
+        return None
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            return root / "train", root / name
+    return None
+
+
+def load_folder(
+    root: Path, val_fraction: float, seed: int
+) -> tuple[list[str], FileSamples, FileSamples, str]:
+    """Read a folder dataset; returns classes, train and test samples, and a description."""
+    if not root.exists():
+        raise UserError(f"--data-dir {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} is not a folder")
+    splits = find_split_folders(root)
+    if splits is not None:
+        train_dir, test_dir = splits
+        classes, train = scan_classes(train_dir)
+        _, test = scan_classes(test_dir, classes)
+        return classes, train, test, f"{train_dir.name}/ and {test_dir.name}/ folders of {root}"
+    classes, everything = scan_classes(root)
+    train, test = stratified_split(everything, len(classes), val_fraction, seed)
+    if len(test) == 0:
+        raise UserError(
+            f"{root} has too few images to hold any out for testing; add images, "
+            "or create train/ and val/ sub-folders"
+        )
+    return classes, train, test, f"{root}, {val_fraction:g} of each class held out (seed {seed})"

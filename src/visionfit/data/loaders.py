@@ -1,0 +1,139 @@
+"""Per-sample datasets and DataLoaders with a data order and augmentation that depend only on
+(seed, epoch, sample) — never on worker count, timing or where a run was resumed."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visionfit.data.cifar import ArraySamples
+from visionfit.data.folder import FileSamples
+from visionfit.data.images import open_rgb
+
+Samples = ArraySamples | FileSamples
+Transform = Callable[[Any, random.Random | None], torch.Tensor]
+_MASK64 = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample's augmentation in one epoch (splitmix64)."""
+    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (value ^ (value >> 31)) >> 1
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of (sample index, augmentation seed) for one epoch at a time.
+
+    The permutation of epoch e comes from a generator seeded with (seed, e), so any epoch can be
+    replayed, and `set_epoch(e, start_batch=k)` continues a half-finished epoch at batch k.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool
+    ) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        # Dropping the ragged last batch keeps BatchNorm away from one-image batches, but an epoch
+        # must keep at least one batch even for a dataset smaller than the batch size.
+        self.drop_last = drop_last and num_samples >= batch_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for batch in range(self.start_batch, self.batches_per_epoch()):
+            indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield [(index, sample_seed(self.seed, self.epoch, index)) for index in indices]
+
+
+class SampleDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Reads one sample (an in-memory uint8 image or a file) and applies `transform`.
+
+    A key may be a plain index or (index, seed); with a seed, the transform draws its random
+    choices from `random.Random(seed)`, so augmentation never touches a process-wide RNG.
+    """
+
+    def __init__(self, samples: Samples, transform: Transform) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read(self, index: int) -> tuple[Any, int]:
+        if isinstance(self.samples, ArraySamples):
+            return self.samples.images[index], int(self.samples.labels[index])
+        return open_rgb(self.samples.paths[index]), self.samples.labels[index]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.read(index)
+        return self.transform(image, random.Random(seed) if seed is not None else None), label
+
+
+def default_workers(device: torch.device, samples: Samples) -> int:
+    """Loader processes: none for in-memory images on a CPU (workers would only compete with the
+    model for the same cores), otherwise up to 8, leaving one core for the main process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cpu" and isinstance(samples, ArraySamples):
+        return 0
+    return max(0, min(8, cores - 1))
+
+
+def build_train_loader(
+    samples: Samples,
+    transform: Transform,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    device: torch.device,
+) -> tuple[DataLoader[Any], EpochBatchSampler]:
+    sampler = EpochBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed, drop_last=True)
+    loader = DataLoader(
+        SampleDataset(samples, transform),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    return loader, sampler
+
+
+def build_eval_loader(
+    samples: Samples, transform: Transform, *, batch_size: int, workers: int, device: torch.device
+) -> DataLoader[Any]:
+    return DataLoader(
+        SampleDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
