@@ -1,0 +1,194 @@
+"""Checkpoints: safetensors weights with their JSON metadata inside, written atomically.
+
+A checkpoint is one `.safetensors` file. Its header carries the metadata (model name and
+arguments, classes, preprocessing, epoch, metrics, versions) and a SHA-256 of all of it, so the
+file alone rebuilds the model and a damaged file is detected. A `.json` copy of the metadata sits
+beside it for people and tools; the loader trusts only the copy inside the weights file, because a
+kill between the two writes can leave the sidecar one save behind.
+
+Nothing on the load path unpickles: safetensors cannot execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from visionfit.errors import UserError
+
+FORMAT = "visionfit-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "visionfit"
+SUFFIX = ".safetensors"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: metadata, the model's weights and any training-state tensors."""
+
+    path: Path
+    metadata: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    extra_tensors: dict[str, torch.Tensor]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+
+def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and the metadata without its hash."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    unhashed = {key: value for key, value in metadata.items() if key != "sha256"}
+    digest.update(json.dumps(unhashed, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) cannot open a directory; the rename still holds
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(temp_path)`, flush it to disk, then rename it over `path`.
+
+    A crash at any instant leaves either the old file or the new one under `path`, never a torn
+    one; on error the temp file is removed and the old file is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temp_path = Path(temp_name)
+    try:
+        os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        write(temp_path)
+        descriptor = os.open(temp_path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def save_checkpoint(
+    path: Path,
+    model_state: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write `path` (.safetensors) and its `.json` sidecar atomically.
+
+    `extra_tensors` (training state) use names containing '/', which no module parameter can have,
+    so they never collide with the model's weights.
+    """
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model_state.items()}
+    for name, tensor in (extra_tensors or {}).items():
+        if "/" not in name:
+            raise ValueError(f"training-state tensor name {name!r} must contain '/'")
+        tensors[name] = tensor.detach().cpu().contiguous().clone()
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata}
+    metadata["sha256"] = content_hash(tensors, metadata)
+    header = {METADATA_KEY: json.dumps(metadata)}
+    try:
+        atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=header))
+        sidecar = path.with_suffix(".json")
+        atomic_write(sidecar, lambda temp: temp.write_text(json.dumps(metadata, indent=2) + "\n"))
+    except OSError as error:
+        raise UserError(
+            f"cannot write checkpoint {path}: {error.strerror or error}; the previous "
+            "checkpoint is kept (free disk space or fix permissions)"
+        ) from None
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a .safetensors file, its .json sidecar, a run folder or its checkpoints/ folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (
+            path / "checkpoints" / f"best{SUFFIX}",
+            path / f"best{SUFFIX}",
+            path / "checkpoints" / f"last{SUFFIX}",
+            path / f"last{SUFFIX}",
+        ):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{path} holds no checkpoint (looked for checkpoints/best{SUFFIX} and last{SUFFIX})")
+    if path.suffix == ".json" and path.with_suffix(SUFFIX).is_file():
+        return path.with_suffix(SUFFIX)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    return path
+
+
+def _refuse_foreign(path: Path) -> None:
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        raise UserError(
+            f"{path} is a PyTorch pickle (torch.save), which can run code when loaded; "
+            "visionfit never unpickles checkpoints"
+        )
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read and verify a checkpoint; tensors land on `device`."""
+    path = resolve_checkpoint_path(path)
+    _refuse_foreign(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as reader:
+            header = reader.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable checkpoint ({error}); it may be truncated") from None
+    if METADATA_KEY not in header:
+        raise UserError(
+            f"{path} is a safetensors file without visionfit metadata; import plain "
+            "weights with `visionfit import`"
+        )
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except ValueError:
+        raise UserError(f"{path} has damaged metadata") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} is not a visionfit checkpoint")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(
+            f"{path} was written by a newer visionfit (format "
+            f"{metadata['format_version']}); upgrade visionfit to read it"
+        )
+    if content_hash(tensors, metadata) != metadata.get("sha256"):
+        raise UserError(f"{path} is damaged: its contents do not match the hash stored in it")
+    model_state = {name: tensor for name, tensor in tensors.items() if "/" not in name}
+    extra = {name: tensor for name, tensor in tensors.items() if "/" in name}
+    return Checkpoint(path, metadata, model_state, extra)

@@ -1,0 +1,101 @@
+"""The run's records: TensorBoard event files (through the real `tensorboard` package) and
+`metrics.jsonl`, one JSON object per epoch for scripts and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionfit.console import logger
+
+
+def _hparam_value(value: Any) -> int | float | str | bool:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+class RunEvents:
+    """Writes one run's TensorBoard events and metrics.jsonl. Only the main process creates one."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Append the epoch's record to metrics.jsonl and log its numbers to TensorBoard.
+
+        Scalars are indexed by epoch; `train/loss` per step is indexed by global step.
+        """
+        with open(self.metrics_path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        epoch = record["epoch"]
+        test = record["test"]
+        self.writer.add_scalar("train/epoch_loss", record["train_loss"], epoch)
+        self.writer.add_scalar("test/loss", test["loss"], epoch)
+        self.writer.add_scalar("test/accuracy", test["accuracy"], epoch)
+        self.writer.add_scalar("test/top5_accuracy", test["top5_accuracy"], epoch)
+        for average in ("macro", "weighted"):
+            for name, value in test[average].items():
+                self.writer.add_scalar(f"test/{average}_{name}", value, epoch)
+        for class_name, values in test["per_class"].items():
+            for name in ("precision", "recall", "f1"):
+                self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], epoch)
+        self.writer.flush()
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_images(tag, images.clamp(0, 1), step)
+
+    def graph(self, model: nn.Module, example: torch.Tensor) -> None:
+        if self.writer is None:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # add_graph uses torch.jit.trace
+                self.writer.add_graph(model, example)
+        except Exception as error:  # tracing fails on some data-dependent control flow; not fatal
+            logger.warning(
+                f"TensorBoard graph skipped: the model could not be traced ({type(error).__name__})"
+            )
+
+    def hparams(self, hyperparameters: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Record the run's settings next to its final metrics in TensorBoard's HParams tab.
+
+        Written into this run's own event file (SummaryWriter.add_hparams would start another run
+        folder for it).
+        """
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {key: _hparam_value(value) for key, value in hyperparameters.items()}
+        finite = {key: value for key, value in metrics.items() if math.isfinite(value)}
+        experiment, session_start, session_end = hparams(clean, finite)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        for key, value in finite.items():
+            self.writer.add_scalar(key, value)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,131 @@
+"""Classification metrics from sums, never from averages of averages.
+
+Everything is derived from a confusion matrix plus summed loss and top-k hit counts, which add up
+exactly across batches of any size (a short last batch included) and, later, across processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class MetricSums:
+    """Running sums over an evaluation: add batches with `update`, read results with `report`."""
+
+    num_classes: int
+    confusion: torch.Tensor = field(init=False)  # rows: true class, columns: predicted class
+    loss_sum: float = 0.0
+    top5_correct: int = 0
+
+    def __post_init__(self) -> None:
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: float) -> None:
+        """Add one batch: `loss_sum` is the summed (not mean) loss over its samples."""
+        predictions = logits.argmax(dim=1)
+        pairs = targets.to(torch.int64) * self.num_classes + predictions.to(torch.int64)
+        self.confusion += torch.bincount(pairs.cpu(), minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
+        k = min(5, self.num_classes)
+        top = logits.topk(k, dim=1).indices
+        self.top5_correct += int((top == targets.unsqueeze(1)).any(dim=1).sum())
+        self.loss_sum += float(loss_sum)
+
+    def report(self, classes: list[str]) -> dict[str, Any]:
+        return classification_report(
+            self.confusion, classes, loss_sum=self.loss_sum, top5_correct=self.top5_correct
+        )
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    # A class never predicted has precision 0, never NaN (scikit-learn's zero_division=0).
+    defined = denominator > 0
+    return torch.where(defined, numerator / torch.where(defined, denominator, 1.0), 0.0)
+
+
+def classification_report(
+    confusion: torch.Tensor,
+    classes: list[str],
+    *,
+    loss_sum: float | None = None,
+    top5_correct: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support, macro and weighted averages.
+
+    Returns plain Python numbers (JSON-ready). Macro averages run over every class, including
+    classes absent from the data (they count as 0), as scikit-learn does with explicit labels.
+    """
+    confusion = confusion.to(torch.float64)
+    total = float(confusion.sum())
+    true_positive = confusion.diag()
+    support = confusion.sum(dim=1)
+    predicted = confusion.sum(dim=0)
+    precision = _safe_divide(true_positive, predicted)
+    recall = _safe_divide(true_positive, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    weights = support / total if total else torch.zeros_like(support)
+    per_class = {
+        name: {
+            "precision": float(precision[index]),
+            "recall": float(recall[index]),
+            "f1": float(f1[index]),
+            "support": int(support[index]),
+        }
+        for index, name in enumerate(classes)
+    }
+    report: dict[str, Any] = {
+        "count": int(total),
+        "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "macro": {
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+        },
+        "weighted": {
+            "precision": float((precision * weights).sum()),
+            "recall": float((recall * weights).sum()),
+            "f1": float((f1 * weights).sum()),
+        },
+        "per_class": per_class,
+        "confusion_matrix": confusion.to(torch.int64).tolist(),
+    }
+    if loss_sum is not None:
+        report["loss"] = loss_sum / total if total else 0.0
+    if top5_correct is not None:
+        report["top5_accuracy"] = top5_correct / total if total else 0.0
+    return report
+
+
+def format_report(report: dict[str, Any], classes: list[str]) -> str:
+    """A scikit-learn-style text table of a `classification_report`."""
+    width = max([len(name) for name in classes] + [len("weighted avg")])
+    lines = [f"{'':>{width}}  precision  recall      f1  support"]
+    for name in classes:
+        values = report["per_class"][name]
+        lines.append(
+            f"{name:>{width}}  {values['precision']:9.3f}  {values['recall']:6.3f}  "
+            f"{values['f1']:6.3f}  {values['support']:7d}"
+        )
+    lines.append("")
+    for average in ("macro", "weighted"):
+        values = report[average]
+        lines.append(
+            f"{average + ' avg':>{width}}  {values['precision']:9.3f}  "
+            f"{values['recall']:6.3f}  {values['f1']:6.3f}  {report['count']:7d}"
+        )
+    summary = f"{'accuracy':>{width}}  {report['accuracy']:9.3f}"
+    if "top5_accuracy" in report:
+        summary += f"  (top-5 {report['top5_accuracy']:.3f})"
+    if "loss" in report:
+        summary += f"  loss {report['loss']:.4f}"
+    lines.append(summary)
+    return "\n".join(lines)

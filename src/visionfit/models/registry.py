@@ -1,0 +1,95 @@
+"""The model registry: every trainable architecture by name, with the input it expects.
+
+`register_model` raises on a duplicate name and `create_model` on an unknown one, so a typo is an
+error with a suggestion, never a silently different network.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from visionfit.errors import UserError, did_you_mean
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: how to build it and what input it was designed for."""
+
+    name: str
+    builder: ModelBuilder
+    description: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    family: str = "visionfit"
+
+    def accepted_args(self) -> set[str]:
+        return {name for name in inspect.signature(self.builder).parameters if name != "num_classes"}
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    description: str,
+    input_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    family: str = "visionfit",
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering `builder(num_classes, **args) -> nn.Module` under `name`."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, mean, std, family)
+        return builder
+
+    return decorate
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise UserError(
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; `visionfit models` lists the choices"
+        )
+    return _REGISTRY[name]
+
+
+def list_models() -> list[ModelSpec]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def create_model(name: str, num_classes: int, **args: Any) -> nn.Module:
+    """Build the registered model `name` with a `num_classes`-way output."""
+    spec = get_model_spec(name)
+    accepted = spec.accepted_args()
+    unknown = sorted(set(args) - accepted)
+    if unknown:
+        choices = ", ".join(sorted(accepted)) or "none"
+        raise UserError(
+            f"model {name} takes no argument {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], accepted)}; its arguments: {choices}"
+        )
+    try:
+        return spec.builder(num_classes=num_classes, **args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"cannot build model {name} with {args or 'its defaults'}: {error}") from None
+
+
+def count_parameters(name: str, num_classes: int = 10) -> int:
+    """Parameters of model `name`, counted on the meta device: no memory, no initialisation."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes)
+    return sum(parameter.numel() for parameter in model.parameters())
