@@ -1,0 +1,126 @@
+import json
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from visionfit.data.transforms import Preprocess
+from visionfit.engine.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from visionfit.errors import UserError
+from visionfit.models import create_model
+from visionfit.serialization import build_model, checkpoint_metadata, load_model
+
+PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cifar10-quick", 3)
+    metadata = checkpoint_metadata(
+        model_name="cifar10-quick", model_args={}, classes=["x", "y", "z"], preprocess=PREPROCESS, epoch=2
+    )
+    path = tmp_path / "checkpoints" / "best.safetensors"
+    save_checkpoint(path, model.state_dict(), metadata)
+    return model, path
+
+
+def test_round_trip_rebuilds_the_same_model(saved):
+    model, path = saved
+    loaded = load_model(path)
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model.eval()(images), loaded(images))
+    assert not loaded.training
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.classes == ["x", "y", "z"] and checkpoint.metadata["epoch"] == 2
+    assert Preprocess.from_dict(checkpoint.metadata["preprocess"]) == PREPROCESS
+    assert checkpoint.metadata["versions"]["torch"] == torch.__version__
+
+
+def test_sidecar_json_holds_the_same_metadata(saved):
+    _, path = saved
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar == load_checkpoint(path).metadata
+
+
+def test_no_temporary_files_are_left_behind(saved):
+    _, path = saved
+    assert sorted(item.name for item in path.parent.iterdir()) == ["best.json", "best.safetensors"]
+
+
+def test_extra_tensors_are_kept_apart_from_the_weights(tmp_path):
+    model = create_model("cifar10-quick", 2)
+    metadata = checkpoint_metadata(
+        model_name="cifar10-quick", model_args={}, classes=["a", "b"], preprocess=PREPROCESS
+    )
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model.state_dict(), metadata, {"optimizer/step": torch.tensor([3])})
+    checkpoint = load_checkpoint(path)
+    assert set(checkpoint.model_state) == set(model.state_dict())
+    assert checkpoint.extra_tensors["optimizer/step"].tolist() == [3]
+    build_model(checkpoint)  # strict loading ignores the training state
+    with pytest.raises(ValueError, match="must contain '/'"):
+        save_checkpoint(path, {}, metadata, {"step": torch.tensor(1)})
+
+
+def test_changed_bytes_are_detected(saved):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # a bit flip inside the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_refused(saved):
+    _, path = saved
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_pickles_are_refused_without_being_opened(tmp_path):
+    path = tmp_path / "tudui_9.pth"
+    torch.save(create_model("cifar10-quick", 10).state_dict(), path)
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(UserError, match="PyTorch pickle"):
+        load_checkpoint(path)
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(UserError, match="PyTorch pickle"):
+        load_checkpoint(raw)
+
+
+def test_run_folder_and_sidecar_paths_resolve_to_the_weights(saved, tmp_path):
+    _, path = saved
+    assert resolve_checkpoint_path(tmp_path) == path
+    assert resolve_checkpoint_path(path.with_suffix(".json")) == path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        resolve_checkpoint_path(tmp_path / "empty")
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_checkpoint_path(tmp_path / "missing.safetensors")
+
+
+def test_weights_for_another_shape_are_a_clear_error(saved):
+    _, path = saved
+    checkpoint = load_checkpoint(path)
+    checkpoint.metadata["model"]["num_classes"] = 5
+    with pytest.raises(UserError, match="weights do not fit model cifar10-quick"):
+        build_model(checkpoint)
+
+
+def test_write_failure_keeps_the_previous_checkpoint(saved, monkeypatch):
+    model, path = saved
+    before = path.read_bytes()
+    import visionfit.engine.checkpoint as module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is kept"):
+        save_checkpoint(path, model.state_dict(), load_checkpoint(path).metadata)
+    assert path.read_bytes() == before
+    assert sorted(item.name for item in path.parent.iterdir()) == ["best.json", "best.safetensors"]

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from visionfit.config import TrainConfig, apply_overrides, build_config, read_config_file, save_config
+from visionfit.errors import UserError
+
+
+def test_defaults_match_the_documented_ones():
+    config = build_config()
+    assert (config.lr, config.batch_size, config.epochs, config.model) == (0.01, 64, 10, "cifar10-quick")
+    assert config.dataset is None and config.shuffle and config.augment
+    assert config.test_batch_size == 128
+
+
+def test_layers_apply_in_order_recipe_then_file_then_flags():
+    config = build_config({"lr": 0.05, "epochs": 3}, {"epochs": 7, "recipe": "tutorial"})
+    assert config.recipe == "tutorial"
+    assert config.momentum == 0.0 and config.augment is False  # from the recipe
+    assert config.lr == 0.05  # the file beats the recipe
+    assert config.epochs == 7  # a flag beats the file
+
+
+def test_recipe_named_in_the_file_applies_and_a_flag_still_wins():
+    config = build_config({"recipe": "tutorial"}, {"momentum": 0.5})
+    assert config.scheduler == "none" and config.momentum == 0.5
+
+
+def test_unknown_key_names_the_source_and_suggests():
+    expected = r"unknown option 'batchsize' in run.yaml \(did you mean 'batch_size'"
+    with pytest.raises(UserError, match=expected):
+        build_config({"batchsize": 32}, file_name="run.yaml")
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(UserError, match="unknown recipe 'tutorail'.*did you mean 'tutorial'"):
+        build_config({}, {"recipe": "tutorail"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": -1}, "--lr must be a positive number"),
+        ({"lr": "fast"}, "lr must be float"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"batch_size": 2.5}, "batch_size must be int"),
+        ({"momentum": 1.5}, r"--momentum must be in \[0, 1\)"),
+        ({"val_fraction": 1.0}, "--val-fraction must be between 0 and 1"),
+        ({"mean": [0.5, 0.5]}, "mean needs 3 comma-separated numbers"),
+        ({"std": "1,0,1"}, "--std values must be positive"),
+        ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
+        ({"device": "gpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
+        ({"dataset": "folder"}, "--dataset folder needs --data-dir"),
+        ({"name": "a/b"}, "--name must be a plain folder name"),
+        ({"augment": "maybe"}, "augment must be bool"),
+    ],
+)
+def test_bad_values_are_one_line_errors(values, message):
+    with pytest.raises(UserError, match=message) as caught:
+        build_config(values)
+    assert "\n" not in str(caught.value)
+
+
+def test_strings_from_flags_and_files_are_coerced():
+    config = build_config({"mean": "0.1,0.2,0.3", "augment": "false", "epochs": "4"})
+    assert config.mean == (0.1, 0.2, 0.3) and config.augment is False and config.epochs == 4
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json", ".toml"])
+def test_config_files_in_three_formats(tmp_path, suffix):
+    path = tmp_path / f"run{suffix}"
+    text = {
+        ".yaml": "lr: 0.2\nepochs: 2\n",
+        ".json": json.dumps({"lr": 0.2, "epochs": 2}),
+        ".toml": "lr = 0.2\nepochs = 2\n",
+    }[suffix]
+    path.write_text(text)
+    config = build_config(read_config_file(path))
+    assert (config.lr, config.epochs) == (0.2, 2)
+
+
+def test_broken_or_missing_config_files_are_user_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("lr: [unclosed\n")
+    with pytest.raises(UserError, match="cannot parse config file"):
+        read_config_file(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        read_config_file(tmp_path / "list.yaml")
+    with pytest.raises(UserError, match="does not exist"):
+        read_config_file(tmp_path / "missing.yaml")
+    (tmp_path / "run.ini").write_text("x")
+    with pytest.raises(UserError, match=r"must end in \.yaml"):
+        read_config_file(tmp_path / "run.ini")
+
+
+def test_saved_config_reads_back_identically(tmp_path):
+    config = build_config({"mean": [0.1, 0.2, 0.3], "model_args": {"width": 16}, "recipe": "tutorial"})
+    save_config(config, tmp_path / "config.yaml")
+    assert build_config(read_config_file(tmp_path / "config.yaml")) == config
+
+
+def test_apply_overrides_accepts_dashes_and_returns_a_copy():
+    base = TrainConfig()
+    changed = apply_overrides(base, {"batch-size": 8}, "test")
+    assert changed.batch_size == 8 and base.batch_size == 64

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from visionfit.engine.loops import evaluate
+from visionfit.engine.metrics import MetricSums, classification_report, format_report
+from visionfit.runtime import Runtime
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_report_matches_hand_computed_values():
+    # true a: 3 (2 right, 1 as b); true b: 2 (1 right, 1 as c); true c: 1 (right)
+    confusion = torch.tensor([[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+    report = classification_report(confusion, CLASSES)
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    a, b, c = (report["per_class"][name] for name in CLASSES)
+    assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((1.0, 2 / 3, 0.8))
+    assert (b["precision"], b["recall"], b["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (c["precision"], c["recall"], c["f1"]) == pytest.approx((0.5, 1.0, 2 / 3))
+    assert [a["support"], b["support"], c["support"]] == [3, 2, 1]
+    assert report["macro"]["f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert report["weighted"]["recall"] == pytest.approx(4 / 6)
+    assert report["weighted"]["precision"] == pytest.approx((3 * 1.0 + 2 * 0.5 + 1 * 0.5) / 6)
+
+
+def test_classes_never_predicted_or_absent_count_as_zero_not_nan():
+    report = classification_report(torch.tensor([[2, 0, 0], [1, 0, 0], [0, 0, 0]]), CLASSES)
+    assert report["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert report["per_class"]["c"]["support"] == 0 and report["macro"]["precision"] == pytest.approx(2 / 9)
+
+
+def test_sums_add_up_over_batches():
+    logits = torch.tensor([[3.0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 3.0]])
+    sums = MetricSums(6)
+    sums.update(logits[:2], torch.tensor([0, 2]), loss_sum=1.0)
+    sums.update(logits[2:], torch.tensor([5]), loss_sum=0.5)
+    report = sums.report([str(index) for index in range(6)])
+    assert report["count"] == 3 and report["accuracy"] == pytest.approx(2 / 3)
+    assert report["loss"] == pytest.approx(0.5)
+    assert report["confusion_matrix"][2][1] == 1
+
+
+def test_top5_counts_a_hit_anywhere_in_the_five_best():
+    logits = torch.tensor([[6.0, 5, 4, 3, 2, 1, 0]])
+    sums = MetricSums(7)
+    sums.update(logits, torch.tensor([4]), 0.0)
+    sums.update(logits, torch.tensor([5]), 0.0)
+    assert sums.top5_correct == 1
+
+
+def test_evaluation_is_exact_for_a_short_last_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    images, labels = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    runtime = Runtime(device=torch.device("cpu"))
+    whole = evaluate(model, [(images, labels)], runtime, 3)
+    pieces = evaluate(
+        model, [(images[:4], labels[:4]), (images[4:8], labels[4:8]), (images[8:], labels[8:])], runtime, 3
+    )
+    assert torch.equal(whole.confusion, pieces.confusion)
+    expected_loss = torch.nn.functional.cross_entropy(model(images), labels).item()
+    assert pieces.report(CLASSES)["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_text_table_lists_every_class_and_the_averages():
+    text = format_report(classification_report(torch.eye(3, dtype=torch.int64), CLASSES), CLASSES)
+    assert all(line in text for line in ("macro avg", "weighted avg", "accuracy"))
+    assert len(text.splitlines()) == 1 + 3 + 1 + 2 + 1
