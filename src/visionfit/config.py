@@ -84,6 +84,11 @@ class TrainConfig:
     )
     augment: bool = option(True, "training augmentation: random crop and horizontal flip", "data")
     shuffle: bool = option(True, "shuffle the training data every epoch", "data")
+    drop_last: bool = option(
+        True,
+        "drop each epoch's ragged last training batch (keeps BatchNorm away from tiny batches)",
+        "data",
+    )
     batch_size: int = option(64, "images per training step", "data")
     eval_batch_size: int | None = option(None, "images per test batch (default: 2 x batch size)", "data")
     workers: int | None = option(

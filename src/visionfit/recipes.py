@@ -28,7 +28,8 @@ RECIPES = _recipes(
         name="tutorial",
         description="the PyTorch tutorial's CIFAR-10 routine exactly: cifar10-quick, plain SGD "
         "lr 0.01, batch 64, 10 epochs, ToTensor only (no augmentation, no normalisation), constant "
-        "lr, no shuffling (CIFAR-10's batch files are already shuffled; add --shuffle for folders)",
+        "lr, no shuffling (CIFAR-10's batch files are already shuffled; add --shuffle for folders), "
+        "the last short batch kept",
         values={
             "model": "cifar10-quick",
             "optimizer": "sgd",
@@ -43,6 +44,7 @@ RECIPES = _recipes(
             "epochs": 10,
             "augment": False,
             "shuffle": False,
+            "drop_last": False,
             "mean": (0.0, 0.0, 0.0),
             "std": (1.0, 1.0, 1.0),
         },

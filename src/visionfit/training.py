@@ -149,6 +149,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         seed=config.seed,
         workers=workers,
         device=runtime.device,
+        drop_last=config.drop_last,
     )
     test_loader = build_eval_loader(
         data.test,

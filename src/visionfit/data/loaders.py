@@ -114,8 +114,9 @@ def build_train_loader(
     seed: int,
     workers: int,
     device: torch.device,
+    drop_last: bool = True,
 ) -> tuple[DataLoader[Any], EpochBatchSampler]:
-    sampler = EpochBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed, drop_last=True)
+    sampler = EpochBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     loader = DataLoader(
         SampleDataset(samples, transform),
         batch_sampler=sampler,
