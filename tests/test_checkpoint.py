@@ -124,3 +124,46 @@ def test_write_failure_keeps_the_previous_checkpoint(saved, monkeypatch):
         save_checkpoint(path, model.state_dict(), load_checkpoint(path).metadata)
     assert path.read_bytes() == before
     assert sorted(item.name for item in path.parent.iterdir()) == ["best.json", "best.safetensors"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("kind", ["raw pickle", "torch.save zip"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, kind):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.safetensors"
+    if kind == "raw pickle":
+        path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    else:
+        torch.save({"weights": _Payload(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="PyTorch pickle"):
+        load_checkpoint(path)
+    with pytest.raises(UserError):
+        load_model(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, b'{"not": "weights"}', b"random bytes \xff\xfe" * 20])
+def test_files_of_the_wrong_format_are_refused(tmp_path, content):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_safetensors_without_visionfit_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(UserError, match="without visionfit metadata"):
+        load_checkpoint(path)

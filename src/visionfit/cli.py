@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from visionfit.config import (
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="YAML, JSON or TOML file of options (a run's config.yaml works)",
     )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        default=argparse.SUPPRESS,
+        help="continue a run exactly where its last checkpoint left off (its own config applies; "
+        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan and "
+        "--clip-grad-norm may change); auto: the newest unfinished run with the same config in "
+        "--run-dir, or a new run when there is none",
+    )
     _add_train_options(train)
 
     commands.add_parser("models", help="list the registered models")
@@ -102,13 +112,20 @@ def run_train(arguments: argparse.Namespace) -> int:
     values = vars(arguments).copy()
     values.pop("command")
     config_path = values.pop("config", None)
+    resume = values.pop("resume", None)
     if "model_args" in values:
         values["model_args"] = dict(values["model_args"])
+    if resume is not None and resume != "auto":
+        if config_path:
+            raise UserError("--resume RUN_DIR uses the run's own config; leave out --config")
+        config_path = Path(resume).expanduser() / "config.yaml"
+        if not config_path.is_file():
+            raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
     file_values = read_config_file(config_path) if config_path else {}
     config = build_config(file_values, values, file_name=str(config_path))
     from visionfit.training import train
 
-    train(config)
+    train(config, resume=resume)
     return 0
 
 

@@ -94,6 +94,13 @@ class TrainConfig:
     workers: int | None = option(
         None, "data loading processes (default: chosen per device and dataset)", "data"
     )
+    bad_images: str = option(
+        "error",
+        "unreadable image files found by the scan before training: error (list them and stop) or "
+        "skip (leave them out, listed in the run folder's skipped_images.txt)",
+        "data",
+        choices=("error", "skip"),
+    )
 
     # model
     model: str = option("cifar10-quick", "registered model name (see `visionfit models`)", "model")
@@ -113,6 +120,15 @@ class TrainConfig:
     )
     warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs", "optimisation")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", "optimisation")
+    clip_grad_norm: float | None = option(
+        None, "clip the gradient norm to this value (default: no clipping)", "optimisation", metavar="X"
+    )
+    on_nan: str = option(
+        "stop",
+        "a NaN or infinite loss: stop the run at once, the last good checkpoint intact, or skip the batch",
+        "optimisation",
+        choices=("stop", "skip"),
+    )
 
     # run
     recipe: str | None = option(
@@ -126,10 +142,21 @@ class TrainConfig:
         "fp32", "numeric precision of the forward and backward pass", "run", choices=("fp32", "bf16", "fp16")
     )
     seed: int = option(0, "seed for initialisation, data order and augmentation", "run")
+    deterministic: bool = option(
+        False,
+        "deterministic algorithms only: a resumed run ends bit-identical to an uninterrupted one",
+        "run",
+    )
     run_dir: str = option("runs", "folder that holds one sub-folder per run", "run", metavar="DIR")
     name: str | None = option(None, "run name (default: dataset-model-date-time)", "run")
     log_every: int = option(
         100, "print and log the training loss every N steps (0: never)", "run", metavar="N"
+    )
+    checkpoint_every_steps: int = option(
+        0, "also save the last checkpoint every N training steps, mid-epoch (0: off)", "run", metavar="N"
+    )
+    checkpoint_every_minutes: float = option(
+        30.0, "also save the last checkpoint every M minutes, mid-epoch (0: off)", "run", metavar="M"
     )
     keep_every_epoch: bool = option(
         False, "also keep one checkpoint per epoch (epoch_NNN), like the tutorial", "run"
@@ -289,6 +316,10 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
     if config.workers is not None and config.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {config.workers}")
+    if config.checkpoint_every_steps < 0 or config.checkpoint_every_minutes < 0:
+        raise UserError("--checkpoint-every-steps and --checkpoint-every-minutes must be 0 (off) or more")
+    if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
+        raise UserError(f"--clip-grad-norm must be positive, got {config.clip_grad_norm}")
     if config.log_every < 0:
         raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
     if not (math.isfinite(config.lr) and config.lr > 0):

@@ -7,6 +7,7 @@ loops only ever call `runtime.autocast()`, `runtime.to_device(...)` and read `ru
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -99,6 +100,16 @@ def create_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
     if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
     return Runtime(device=resolved, precision=precision)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """With `enabled`, allow only deterministic kernels, so that the same inputs give the same bits
+    in any process: what makes a resumed run end identical to an uninterrupted one."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:

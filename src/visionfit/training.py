@@ -17,25 +17,38 @@ from visionfit.config import TrainConfig, apply_overrides, save_config, validate
 from visionfit.console import EpochProgress, logger, setup_logging
 from visionfit.data import DataSplits, FileSamples, load_data
 from visionfit.data.loaders import (
+    EpochBatchSampler,
     SampleDataset,
     build_eval_loader,
     build_train_loader,
     default_workers,
     sample_seed,
 )
+from visionfit.data.scan import find_bad_images, without
 from visionfit.data.transforms import Preprocess, build_eval_transform, build_train_transform
-from visionfit.engine.checkpoint import save_checkpoint
+from visionfit.engine.checkpoint import load_checkpoint_or_previous, save_checkpoint
 from visionfit.engine.events import RunEvents
-from visionfit.engine.loops import evaluate, train_steps
+from visionfit.engine.loops import NonFiniteLossError, evaluate, train_steps
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimizer, create_scheduler
-from visionfit.engine.run_folder import create_run_folder, write_status
+from visionfit.engine.run_folder import (
+    RESUMABLE_CHANGES,
+    check_resume_changes,
+    create_run_folder,
+    find_resumable_run,
+    load_run_config,
+    read_history,
+    read_status,
+    write_status,
+)
+from visionfit.engine.state import TrainState, capture_training_state, restore_training_state
 from visionfit.errors import UserError
 from visionfit.models import create_model, get_model_spec
-from visionfit.runtime import Runtime, create_runtime, seed_everything
+from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything
 from visionfit.serialization import checkpoint_metadata, unwrap_model
 
 IMAGE_GRID_SIZE = 32
+LAST = "last.safetensors"
 
 
 @dataclass
@@ -53,11 +66,35 @@ class TrainResult:
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.safetensors"
+        return self.run_dir / "checkpoints" / LAST
 
     @property
     def best(self) -> dict[str, Any]:
-        return self.history[self.best_epoch - 1]
+        return next(record for record in self.history if record["epoch"] == self.best_epoch)
+
+
+@dataclass
+class Session:
+    """Everything one run trains with, built once by `train` and read by the epoch loop."""
+
+    config: TrainConfig
+    runtime: Runtime
+    data: DataSplits
+    preprocess: Preprocess
+    model: nn.Module
+    train_loader: Any
+    sampler: EpochBatchSampler
+    test_loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    run_dir: Path
+    events: RunEvents
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
 
 
 def resolve_preprocess(config: TrainConfig) -> Preprocess:
@@ -92,33 +129,69 @@ def check_model_fits(model: nn.Module, preprocess: Preprocess, num_classes: int,
         )
 
 
-def _log_examples(
-    events: RunEvents,
-    model: nn.Module,
-    data: DataSplits,
-    preprocess: Preprocess,
-    config: TrainConfig,
-    runtime: Runtime,
-) -> None:
-    """A grid of augmented training images and the model graph, for TensorBoard."""
-    dataset = SampleDataset(data.train, build_train_transform(preprocess, config.augment))
-    count = min(IMAGE_GRID_SIZE, len(dataset))
-    images = torch.stack([dataset[(index, sample_seed(config.seed, 0, index))][0] for index in range(count)])
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    events.images("train/images", images * std + mean, 0)
-    events.graph(model, runtime.to_device(images[:1]))
+def _screen_images(data: DataSplits, policy: str) -> tuple[DataSplits, list[tuple[Path, str]]]:
+    """Decode-check every image file before training; stop with the list, or leave them out."""
+    if not isinstance(data.train, FileSamples) or not isinstance(data.test, FileSamples):
+        return data, []
+    bad = find_bad_images(data.train.paths + data.test.paths)
+    if not bad:
+        return data, []
+    if policy == "error":
+        shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise UserError(
+            f"{len(bad)} unreadable image file(s): {shown}{more}; "
+            "fix or remove them, or pass --bad-images skip to leave them out"
+        )
+    paths = {path for path, _ in bad}
+    logger.warning(f"warning: leaving out {len(bad)} unreadable image file(s) (--bad-images skip)")
+    screened = DataSplits(
+        data.dataset, data.classes, without(data.train, paths), without(data.test, paths), data.description
+    )
+    return screened, bad
 
 
-def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
+def _resolve_resume(
+    config: TrainConfig | None, resume: str | Path | None, overrides: dict[str, Any]
+) -> tuple[TrainConfig, Path | None]:
+    """The config to train with and, when resuming, the run folder to continue."""
+    if resume is None or str(resume) == "auto":
+        config = apply_overrides(config or TrainConfig(), overrides, "train() arguments")
+        validate(config)
+        if resume is None:
+            return config, None
+        folder = find_resumable_run(config.run_dir, config)
+        if folder is None:
+            logger.info(f"no unfinished run with this config in {config.run_dir}: starting a new one")
+        else:
+            saved = load_run_config(folder)
+            config = apply_overrides(
+                saved, {key: getattr(config, key) for key in RESUMABLE_CHANGES}, "resume"
+            )
+        return config, folder
+    folder = Path(resume).expanduser()
+    saved = load_run_config(folder)
+    if read_status(folder).get("status") == "finished":
+        raise UserError(f"run {folder} already finished; nothing to resume (start a new run with --name)")
+    config = apply_overrides(config or saved, overrides, "train() arguments")
+    validate(config)
+    check_resume_changes(folder, saved, config)
+    return config, folder
+
+
+def train(
+    config: TrainConfig | None = None, *, resume: str | Path | None = None, **overrides: Any
+) -> TrainResult:
     """Train a model as `config` says and return where the run went and how it did.
 
     Keyword arguments override single config fields: `train(epochs=3, model="cifar10-quick")`.
+    `resume=RUN_DIR` continues that run from its last checkpoint, exactly where it stopped;
+    `resume="auto"` continues the newest unfinished run with the same config, or starts one.
     """
-    config = apply_overrides(config or TrainConfig(), overrides, "train() arguments")
-    validate(config)
     setup_logging()
+    config, resume_folder = _resolve_resume(config, resume, overrides)
     runtime = create_runtime(config.device, config.precision)
+    configure_determinism(config.deterministic)
     data = load_data(
         config.dataset,
         config.data_dir,
@@ -127,6 +200,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         notify=logger.info,
     )
     config = apply_overrides(config, {"dataset": data.dataset}, "resolved dataset")
+    data, skipped = _screen_images(data, config.bad_images)
     if not config.shuffle and isinstance(data.train, FileSamples):
         logger.warning(
             "warning: --no-shuffle on a folder dataset trains on its classes one after "
@@ -158,172 +232,296 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         workers=workers,
         device=runtime.device,
     )
-    steps_per_epoch = sampler.batches_per_epoch()
     optimizer = create_optimizer(model, config)
-    scheduler = create_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = create_scheduler(optimizer, config, sampler.batches_per_epoch())
     scaler = runtime.grad_scaler()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-    run_dir = create_run_folder(config.run_dir, config.name, dataset=data.dataset, model=config.model)
+    state = TrainState()
+    if resume_folder is None:
+        run_dir = create_run_folder(config.run_dir, config.name, dataset=data.dataset, model=config.model)
+    else:
+        run_dir = resume_folder
+        state = _restore(run_dir, data, model, optimizer, scheduler, scaler)
     save_config(config, run_dir / "config.yaml")
+    _record_skipped(run_dir, skipped)
     write_status(
         run_dir,
         status="running",
-        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"started": _now()} if resume_folder is None else {"resumed": _now()}),
         classes=data.classes,
         dataset=data.description,
     )
-    events = RunEvents(run_dir, tensorboard=config.tensorboard)
+    history = read_history(run_dir, state.epoch - 1)
+    # On resume, TensorBoard drops whatever the killed process logged after the checkpoint.
+    purge_step = None if resume_folder is None else state.global_step + 1 if state.global_step else 0
+    events = RunEvents(run_dir, tensorboard=config.tensorboard, purge_step=purge_step)
+    session = Session(
+        config,
+        runtime,
+        data,
+        preprocess,
+        model,
+        train_loader,
+        sampler,
+        test_loader,
+        optimizer,
+        scheduler,
+        scaler,
+        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        run_dir,
+        events,
+    )
     logger.info(f"data: {data.description}")
     logger.info(
         f"model: {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters)"
         f" on {runtime.device} ({runtime.precision}); run folder: {run_dir}"
     )
+    if resume_folder is not None:
+        logger.info(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.global_step})")
     try:
-        _log_examples(events, model, data, preprocess, config, runtime)
-        history = _fit(
-            config,
-            runtime,
-            model,
-            train_loader,
-            sampler,
-            test_loader,
-            optimizer,
-            scheduler,
-            scaler,
-            loss_fn,
-            events,
-            data.classes,
-            preprocess,
-            run_dir,
-        )
+        if state.global_step == 0:
+            _log_examples(session)
+        _fit(session, state, history)
+    except NonFiniteLossError as error:
+        write_status(run_dir, status="failed", reason=f"non-finite loss at step {state.global_step + 1}")
+        events.close()
+        raise UserError(_nonfinite_message(session, state, error)) from None
     except BaseException as error:
         write_status(run_dir, status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         events.close()
         raise
-    best_epoch = max(history, key=lambda record: (record["test"]["accuracy"], -record["epoch"]))["epoch"]
-    best = history[best_epoch - 1]
-    events.hparams(
-        {key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")},
-        {
-            "hparam/test_accuracy": best["test"]["accuracy"],
-            "hparam/test_loss": best["test"]["loss"],
-            "hparam/best_epoch": float(best_epoch),
-        },
-    )
-    events.close()
-    write_status(
-        run_dir,
-        status="finished",
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        best_epoch=best_epoch,
-        best_accuracy=best["test"]["accuracy"],
-    )
-    logger.info(format_report(history[-1]["test"], data.classes))
-    logger.info(
-        f"best test accuracy {best['test']['accuracy']:.2%} at epoch {best_epoch}; "
-        f"checkpoints in {run_dir / 'checkpoints'}; view curves with: tensorboard --logdir "
-        f"{Path(config.run_dir)}"
-    )
-    return TrainResult(run_dir, data.classes, history, best_epoch)
+    return _finish(session, state, history)
 
 
-def _fit(
-    config: TrainConfig,
-    runtime: Runtime,
-    model: nn.Module,
-    train_loader: Any,
-    sampler: Any,
-    test_loader: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    loss_fn: nn.Module,
-    events: RunEvents,
-    classes: list[str],
-    preprocess: Preprocess,
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _record_skipped(run_dir: Path, skipped: list[tuple[Path, str]]) -> None:
+    if skipped:
+        lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+        (run_dir / "skipped_images.txt").write_text(lines, encoding="utf-8")
+
+
+def _restore(
     run_dir: Path,
-) -> list[dict[str, Any]]:
-    """The epoch loop: train, evaluate, record, checkpoint."""
-    history: list[dict[str, Any]] = []
-    best_accuracy = -1.0
-    global_step = 0
-    for epoch in range(1, config.epochs + 1):
-        sampler.set_epoch(epoch)
-        progress = EpochProgress(len(sampler), f"epoch {epoch}/{config.epochs}")
-        loss_sum = torch.zeros((), device=runtime.device)
-        seen = 0
-        started = time.perf_counter()
-        for output in train_steps(model, train_loader, loss_fn, optimizer, scheduler, scaler, runtime):
-            global_step += 1
-            loss_sum += output.loss * output.batch_size
-            seen += output.batch_size
-            if config.log_every and global_step % config.log_every == 0:
-                loss, lr = output.loss.item(), optimizer.param_groups[0]["lr"]
-                events.scalar("train/loss", loss, global_step)
-                events.scalar("train/lr", lr, global_step)
+    data: DataSplits,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
+) -> TrainState:
+    """Load the run's last checkpoint into the fresh model and optimizer; a run killed before its
+    first checkpoint starts over in its own folder."""
+    path = run_dir / "checkpoints" / LAST
+    for leftover in path.parent.glob(".*.tmp"):  # torn writes of a process killed mid-save
+        leftover.unlink(missing_ok=True)
+    if not path.is_file():
+        return TrainState()
+    checkpoint = load_checkpoint_or_previous(path)
+    saved_data = checkpoint.metadata.get("data", {})
+    current = {"classes": data.classes, "train": len(data.train), "test": len(data.test)}
+    if saved_data and saved_data != current:
+        raise UserError(
+            f"the data changed since {run_dir} was checkpointed ({saved_data['train']} train / "
+            f"{saved_data['test']} test images then, {current['train']} / {current['test']} now, or other "
+            "classes); a resumed run needs the same data: start a new run"
+        )
+    model.load_state_dict(checkpoint.model_state)
+    return restore_training_state(
+        checkpoint.metadata["training"], checkpoint.extra_tensors, optimizer, scheduler, scaler
+    )
+
+
+def _log_examples(session: Session) -> None:
+    """A grid of augmented training images and the model graph, for TensorBoard."""
+    config, preprocess = session.config, session.preprocess
+    dataset = SampleDataset(session.data.train, build_train_transform(preprocess, config.augment))
+    count = min(IMAGE_GRID_SIZE, len(dataset))
+    images = torch.stack([dataset[(index, sample_seed(config.seed, 0, index))][0] for index in range(count)])
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    session.events.images("train/images", images * std + mean, 0)
+    session.events.graph(session.model, session.runtime.to_device(images[:1]))
+
+
+def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> None:
+    """The epoch loop from wherever `state` says: train, evaluate, record, checkpoint."""
+    config, runtime, optimizer = session.config, session.runtime, session.optimizer
+    steps_in_epoch = session.sampler.batches_per_epoch()
+    last_save = time.monotonic()
+    while state.epoch <= config.epochs:
+        epoch = state.epoch
+        session.sampler.set_epoch(epoch, start_batch=state.batch)
+        progress = EpochProgress(steps_in_epoch, f"epoch {epoch}/{config.epochs}")
+        progress.bar.update(state.batch)
+        loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float32, device=runtime.device)
+        started = time.perf_counter() - state.epoch_seconds
+        steps = train_steps(
+            session.model,
+            session.train_loader,
+            session.loss_fn,
+            optimizer,
+            session.scheduler,
+            session.scaler,
+            runtime,
+            clip_grad_norm=config.clip_grad_norm,
+            on_nonfinite=config.on_nan,
+        )
+        for output in steps:
+            state.global_step += 1
+            state.batch += 1
+            if output.skipped:
+                state.skipped_batches += 1
                 progress.line(
-                    f"epoch {epoch}/{config.epochs}  step {global_step}  loss {loss:.4f}  lr {lr:.4g}"
+                    f"epoch {epoch}/{config.epochs}  step {state.global_step}: skipped a batch "
+                    f"whose loss is {output.loss.item()} (--on-nan skip)"
                 )
-            running = (loss_sum / seen).item() if progress.wants_postfix() else None
+            else:
+                loss_sum += output.loss * output.batch_size
+                state.epoch_samples += output.batch_size
+            if config.log_every and state.global_step % config.log_every == 0 and not output.skipped:
+                loss, lr = output.loss.item(), optimizer.param_groups[0]["lr"]
+                session.events.scalar("train/loss", loss, state.global_step)
+                session.events.scalar("train/lr", lr, state.global_step)
+                progress.line(
+                    f"epoch {epoch}/{config.epochs}  step {state.global_step}  loss {loss:.4f}  lr {lr:.4g}"
+                )
+            running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
             progress.advance(output.batch_size, running)
+            # The epoch's own checkpoint follows its last batch, after the evaluation.
+            if state.batch < steps_in_epoch and _checkpoint_due(config, state, last_save):
+                state.epoch_loss_sum = loss_sum.item()
+                state.epoch_seconds = time.perf_counter() - started
+                _save_last(session, state, None)
+                last_save = time.monotonic()
         progress.close()
         train_seconds = time.perf_counter() - started
-        report = evaluate(model, test_loader, runtime, len(classes)).report(classes)
+        report = evaluate(session.model, session.test_loader, runtime, len(session.data.classes)).report(
+            session.data.classes
+        )
         record = {
             "epoch": epoch,
-            "step": global_step,
-            "train_loss": (loss_sum / seen).item(),
+            "step": state.global_step,
+            "train_loss": (loss_sum / max(1, state.epoch_samples)).item(),
             "lr": optimizer.param_groups[0]["lr"],
             "train_seconds": train_seconds,
-            "train_images_per_second": seen / train_seconds,
+            "train_images_per_second": state.epoch_samples / max(train_seconds, 1e-9),
             "test_seconds": time.perf_counter() - started - train_seconds,
+            "skipped_batches": state.skipped_batches,
             "test": report,
         }
         history.append(record)
-        events.epoch(record)
-        is_best = report["accuracy"] > best_accuracy
-        best_accuracy = max(best_accuracy, report["accuracy"])
-        _save_checkpoints(run_dir, model, config, classes, preprocess, record, is_best)
+        session.events.epoch(record)
+        is_best = report["accuracy"] > state.best_accuracy
+        if is_best:
+            state.best_accuracy, state.best_epoch = report["accuracy"], epoch
+        state.finish_epoch()
+        _save_epoch_checkpoints(session, state, record, is_best)
+        last_save = time.monotonic()
         logger.info(
             f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  "
             f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
             f"macro F1 {report['macro']['f1']:.3f}  ({train_seconds:.1f} s, "
             f"{record['train_images_per_second']:,.0f} img/s){'  *best' if is_best else ''}"
         )
-    return history
 
 
-def _save_checkpoints(
-    run_dir: Path,
-    model: nn.Module,
-    config: TrainConfig,
-    classes: list[str],
-    preprocess: Preprocess,
-    record: dict[str, Any],
-    is_best: bool,
-) -> None:
-    test = record["test"]
-    metadata = checkpoint_metadata(
-        model_name=config.model,
-        model_args=config.model_args,
-        classes=classes,
-        preprocess=preprocess,
-        epoch=record["epoch"],
-        step=record["step"],
-        metrics={
+def _checkpoint_due(config: TrainConfig, state: TrainState, last_save: float) -> bool:
+    by_steps = config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0
+    by_time = (
+        config.checkpoint_every_minutes
+        and time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes
+    )
+    return bool(by_steps or by_time)
+
+
+def _metadata(session: Session, state: TrainState, record: dict[str, Any] | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "epoch": state.epoch - 1,
+        "step": state.global_step,
+        "config": session.config.to_dict(),
+    }
+    fields["data"] = {
+        "classes": session.data.classes,
+        "train": len(session.data.train),
+        "test": len(session.data.test),
+    }
+    if record is not None:
+        test = record["test"]
+        fields["metrics"] = {
             "train_loss": record["train_loss"],
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
             "test_top5_accuracy": test["top5_accuracy"],
             "test_macro_f1": test["macro"]["f1"],
-        },
-        config=config.to_dict(),
+        }
+    return checkpoint_metadata(
+        model_name=session.config.model,
+        model_args=session.config.model_args,
+        classes=session.data.classes,
+        preprocess=session.preprocess,
+        **fields,
     )
-    state = unwrap_model(model).state_dict()
-    folder = run_dir / "checkpoints"
-    save_checkpoint(folder / "last.safetensors", state, metadata)
+
+
+def _save_last(session: Session, state: TrainState, record: dict[str, Any] | None) -> None:
+    """The resumable checkpoint: weights plus optimizer, scheduler, scaler, RNG and loop state.
+    The one it replaces stays as last.prev, the fallback if this one is ever found damaged."""
+    tensors, skeleton = capture_training_state(session.optimizer, session.scheduler, session.scaler, state)
+    metadata = {**_metadata(session, state, record), "training": skeleton}
+    state_dict = unwrap_model(session.model).state_dict()
+    save_checkpoint(session.checkpoints / LAST, state_dict, metadata, tensors, keep_previous=True)
+
+
+def _save_epoch_checkpoints(
+    session: Session, state: TrainState, record: dict[str, Any], is_best: bool
+) -> None:
+    _save_last(session, state, record)
+    state_dict = unwrap_model(session.model).state_dict()
+    metadata = _metadata(session, state, record)
     if is_best:
-        save_checkpoint(folder / "best.safetensors", state, metadata)
-    if config.keep_every_epoch:
-        save_checkpoint(folder / f"epoch_{record['epoch']:03d}.safetensors", state, metadata)
+        save_checkpoint(session.checkpoints / "best.safetensors", state_dict, metadata)
+    if session.config.keep_every_epoch:
+        save_checkpoint(
+            session.checkpoints / f"epoch_{record['epoch']:03d}.safetensors", state_dict, metadata
+        )
+
+
+def _nonfinite_message(session: Session, state: TrainState, error: NonFiniteLossError) -> str:
+    last = session.checkpoints / LAST
+    kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint was written yet"
+    return (
+        f"training stopped at step {state.global_step + 1} (epoch {state.epoch}, batch {state.batch + 1}): "
+        f"{error.what}; {kept}; resume with `visionfit train --resume {session.run_dir} --clip-grad-norm 1` "
+        "or `--on-nan skip`, or start again with a lower --lr"
+    )
+
+
+def _finish(session: Session, state: TrainState, history: list[dict[str, Any]]) -> TrainResult:
+    """Record the final summary (hparams, status) and print the last epoch's table."""
+    config, run_dir = session.config, session.run_dir
+    best = next(record for record in history if record["epoch"] == state.best_epoch)
+    session.events.hparams(
+        {key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")},
+        {
+            "hparam/test_accuracy": best["test"]["accuracy"],
+            "hparam/test_loss": best["test"]["loss"],
+            "hparam/best_epoch": float(state.best_epoch),
+        },
+        step=state.global_step,
+    )
+    session.events.close()
+    write_status(
+        run_dir,
+        status="finished",
+        finished=_now(),
+        best_epoch=state.best_epoch,
+        best_accuracy=best["test"]["accuracy"],
+    )
+    logger.info(format_report(history[-1]["test"], session.data.classes))
+    logger.info(
+        f"best test accuracy {best['test']['accuracy']:.2%} at epoch {state.best_epoch}; "
+        f"checkpoints in {session.checkpoints}; view curves with: tensorboard --logdir {Path(config.run_dir)}"
+    )
+    return TrainResult(run_dir, session.data.classes, history, state.best_epoch)

@@ -105,6 +105,14 @@ def default_workers(device: torch.device, samples: Samples) -> int:
     return max(0, min(8, cores - 1))
 
 
+def _private_generator() -> torch.Generator:
+    """A DataLoader draws a worker base seed from its generator every time it starts an epoch;
+    with the default (torch's global RNG) that would make the model's own randomness (dropout)
+    depend on how many epochs were started, which differs after a resume. Our augmentation is
+    seeded per sample, so the workers' seeds do not matter: give them a generator of their own."""
+    return torch.Generator().manual_seed(0)
+
+
 def build_train_loader(
     samples: Samples,
     transform: Transform,
@@ -123,6 +131,7 @@ def build_train_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        generator=_private_generator(),
     )
     return loader, sampler
 
@@ -137,4 +146,5 @@ def build_eval_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        generator=_private_generator(),
     )

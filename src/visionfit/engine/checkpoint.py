@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +100,38 @@ def atomic_write(path: Path, write: Any) -> None:
     _fsync_directory(path.parent)
 
 
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint that `path` replaced is kept: `last.safetensors` → `last.prev.safetensors`."""
+    return path.with_name(f"{path.stem}.prev{SUFFIX}")
+
+
+def _keep_previous(path: Path) -> None:
+    """Make the current `path` also reachable as its `.prev` file, atomically and without a copy:
+    a hard link shares the bytes, and the next save replaces `path` by rename, never in place."""
+    previous = previous_path(path)
+    link = previous.with_name(f".{previous.name}.link.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links: copy instead
+        atomic_write(previous, lambda temp: shutil.copyfile(path, temp))
+        return
+    os.replace(link, previous)
+
+
 def save_checkpoint(
     path: Path,
     model_state: dict[str, torch.Tensor],
     metadata: dict[str, Any],
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    *,
+    keep_previous: bool = False,
 ) -> None:
     """Write `path` (.safetensors) and its `.json` sidecar atomically.
 
     `extra_tensors` (training state) use names containing '/', which no module parameter can have,
-    so they never collide with the model's weights.
+    so they never collide with the model's weights. With `keep_previous`, the checkpoint being
+    replaced stays available as `NAME.prev.safetensors`, the fallback when the newest is damaged.
     """
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model_state.items()}
     for name, tensor in (extra_tensors or {}).items():
@@ -119,6 +142,8 @@ def save_checkpoint(
     metadata["sha256"] = content_hash(tensors, metadata)
     header = {METADATA_KEY: json.dumps(metadata)}
     try:
+        if keep_previous and path.is_file():
+            _keep_previous(path)
         atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=header))
         sidecar = path.with_suffix(".json")
         atomic_write(sidecar, lambda temp: temp.write_text(json.dumps(metadata, indent=2) + "\n"))
@@ -192,3 +217,17 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     model_state = {name: tensor for name, tensor in tensors.items() if "/" not in name}
     extra = {name: tensor for name, tensor in tensors.items() if "/" in name}
     return Checkpoint(path, metadata, model_state, extra)
+
+
+def load_checkpoint_or_previous(path: Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load `path`; if it is damaged, warn and load the checkpoint it replaced (`.prev`)."""
+    try:
+        return load_checkpoint(path, device=device)
+    except UserError as error:
+        previous = previous_path(path)
+        if not previous.is_file():
+            raise
+        from visionfit.console import logger
+
+        logger.warning(f"warning: {error}; falling back to the previous checkpoint {previous}")
+        return load_checkpoint(previous, device=device)

@@ -24,14 +24,16 @@ def _hparam_value(value: Any) -> int | float | str | bool:
 class RunEvents:
     """Writes one run's TensorBoard events and metrics.jsonl. Only the main process creates one."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, purge_step: int | None = None) -> None:
+        """`purge_step` (on resume): TensorBoard discards events at or after this step that earlier
+        processes wrote, so a resumed run has no duplicated or stale points."""
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -40,24 +42,27 @@ class RunEvents:
     def epoch(self, record: dict[str, Any]) -> None:
         """Append the epoch's record to metrics.jsonl and log its numbers to TensorBoard.
 
-        Scalars are indexed by epoch; `train/loss` per step is indexed by global step.
+        Every scalar is indexed by the global training step (the epoch's last step here), the one
+        axis on which a resumed run can purge what a killed process logged after its checkpoint;
+        `epoch` is logged as a scalar of its own to read epochs off that axis.
         """
         with open(self.metrics_path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
         if self.writer is None:
             return
-        epoch = record["epoch"]
+        step = record["step"]
         test = record["test"]
-        self.writer.add_scalar("train/epoch_loss", record["train_loss"], epoch)
-        self.writer.add_scalar("test/loss", test["loss"], epoch)
-        self.writer.add_scalar("test/accuracy", test["accuracy"], epoch)
-        self.writer.add_scalar("test/top5_accuracy", test["top5_accuracy"], epoch)
+        self.writer.add_scalar("epoch", record["epoch"], step)
+        self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
+        self.writer.add_scalar("test/loss", test["loss"], step)
+        self.writer.add_scalar("test/accuracy", test["accuracy"], step)
+        self.writer.add_scalar("test/top5_accuracy", test["top5_accuracy"], step)
         for average in ("macro", "weighted"):
             for name, value in test[average].items():
-                self.writer.add_scalar(f"test/{average}_{name}", value, epoch)
+                self.writer.add_scalar(f"test/{average}_{name}", value, step)
         for class_name, values in test["per_class"].items():
             for name in ("precision", "recall", "f1"):
-                self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], epoch)
+                self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], step)
         self.writer.flush()
 
     def images(self, tag: str, images: torch.Tensor, step: int) -> None:
@@ -76,7 +81,7 @@ class RunEvents:
                 f"TensorBoard graph skipped: the model could not be traced ({type(error).__name__})"
             )
 
-    def hparams(self, hyperparameters: dict[str, Any], metrics: dict[str, float]) -> None:
+    def hparams(self, hyperparameters: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
         """Record the run's settings next to its final metrics in TensorBoard's HParams tab.
 
         Written into this run's own event file (SummaryWriter.add_hparams would start another run
@@ -93,7 +98,7 @@ class RunEvents:
         for summary in (experiment, session_start, session_end):
             file_writer.add_summary(summary)
         for key, value in finite.items():
-            self.writer.add_scalar(key, value)
+            self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -28,6 +28,15 @@ class StepOutput:
 
     loss: torch.Tensor
     batch_size: int
+    skipped: bool = False
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The loss or the gradient norm of a batch was NaN or infinite; no weights were changed."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 def train_steps(
@@ -38,16 +47,41 @@ def train_steps(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     runtime: Runtime,
+    *,
+    clip_grad_norm: float | None = None,
+    on_nonfinite: str = "stop",
 ) -> Iterator[StepOutput]:
-    """Train on `batches`, one optimizer and scheduler step per batch."""
+    """Train on `batches`, one optimizer and scheduler step per batch.
+
+    A batch whose loss (or, when clipping, gradient norm) is not finite either raises
+    `NonFiniteLossError` before any weight changes (`on_nonfinite="stop"`) or is skipped without
+    an optimizer step (`"skip"`, yielded with `skipped=True`). The scheduler advances either way,
+    so the learning-rate schedule stays tied to the batch count. Under fp16 the grad scaler's own
+    overflow handling comes first: its skipped steps are normal while it finds its scale.
+    """
     model.train()
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     for images, targets in batches:
         images, targets = runtime.to_device(images), runtime.to_device(targets)
         with runtime.autocast():
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        problem = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+        if problem is None:
+            scaler.scale(loss).backward()
+            if clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+                if not scaler.is_enabled() and not torch.isfinite(norm):
+                    problem = f"the gradient norm is {norm.item()}"
+        if problem is not None:
+            if on_nonfinite != "skip":
+                raise NonFiniteLossError(problem)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            yield StepOutput(loss=loss.detach(), batch_size=int(targets.shape[0]), skipped=True)
+            continue
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

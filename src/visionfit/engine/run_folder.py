@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visionfit.config import TrainConfig, build_config, read_config_file
 from visionfit.errors import UserError
 
 STATUS_FILE = "run.json"
@@ -62,3 +63,89 @@ def write_status(folder: Path, **fields: Any) -> None:
     temp = folder / f".{STATUS_FILE}.tmp"
     temp.write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
     os.replace(temp, folder / STATUS_FILE)
+
+
+# Options a resumed run may change: they decide where and how fast it runs and what it prints,
+# not what it computes.
+RESUMABLE_CHANGES = (
+    "device",
+    "workers",
+    "log_every",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+    "tensorboard",
+    "on_nan",
+    "clip_grad_norm",
+)
+_NOT_COMPARED = (*RESUMABLE_CHANGES, "name", "run_dir")
+
+
+def load_run_config(folder: Path) -> TrainConfig:
+    """The config a run was started with (its config.yaml)."""
+    if not folder.is_dir():
+        raise UserError(f"--resume {folder}: no such run folder")
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--resume {folder}: not a visionfit run folder (no config.yaml)")
+    return build_config(read_config_file(path), file_name=str(path))
+
+
+def differing_options(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """Options that differ in ways a resumed run cannot honour; an unset dataset matches any."""
+    saved_values, requested_values = saved.to_dict(), requested.to_dict()
+    if requested.dataset is None:
+        requested_values["dataset"] = saved_values["dataset"]
+    return [
+        key for key in saved_values if key not in _NOT_COMPARED and saved_values[key] != requested_values[key]
+    ]
+
+
+def check_resume_changes(folder: Path, saved: TrainConfig, requested: TrainConfig) -> None:
+    differences = differing_options(saved, requested)
+    if differences:
+        shown = ", ".join(
+            f"--{key.replace('_', '-')} ({getattr(saved, key)!r} in the run)" for key in differences
+        )
+        raise UserError(
+            f"cannot resume {folder} with different settings: {shown}; a resumed run keeps its config "
+            f"(only {', '.join('--' + key.replace('_', '-') for key in RESUMABLE_CHANGES)} may change)"
+        )
+
+
+def find_resumable_run(run_dir: str | Path, config: TrainConfig) -> Path | None:
+    """The newest unfinished run under `run_dir` started with the same config, if any."""
+    parent = Path(run_dir).expanduser()
+    if not parent.is_dir():
+        return None
+    candidates = []
+    for folder in parent.iterdir():
+        status = read_status(folder)
+        if not status or status.get("status") == "finished" or not (folder / "config.yaml").is_file():
+            continue
+        try:
+            saved = load_run_config(folder)
+        except UserError:
+            continue
+        if not differing_options(saved, config):
+            candidates.append((status.get("started", ""), folder.stat().st_mtime, folder))
+    return max(candidates)[2] if candidates else None
+
+
+def read_history(folder: Path, completed_epochs: int) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl up to `completed_epochs`, dropping later lines (written
+    after the checkpoint being resumed, so they will be written again)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a kill mid-write
+            continue
+        if record.get("epoch", 0) <= completed_epochs:
+            records.append(record)
+    temp = folder / ".metrics.jsonl.tmp"
+    temp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    os.replace(temp, path)
+    return records
