@@ -38,7 +38,7 @@ def command(data: Path, run_dir: Path, name: str, epochs: int) -> list[str]:
         "--batch-size",
         "4",
         "--lr",
-        "0.05",
+        "0.01",
         "--workers",
         "2",
         "--deterministic",
