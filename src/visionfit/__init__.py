@@ -18,6 +18,8 @@ _EXPORTS = {
     "train": "visionfit.training",
     "TrainResult": "visionfit.training",
     "load_model": "visionfit.serialization",
+    "load": "visionfit.prediction",
+    "Predictor": "visionfit.prediction",
     "create_model": "visionfit.models",
     "list_models": "visionfit.models",
     "register_model": "visionfit.models",

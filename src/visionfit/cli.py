@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from visionfit.commands import RUNNERS, add_commands
 from visionfit.config import (
     TrainConfig,
     build_config,
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the registered models")
     commands.add_parser("recipes", help="list the named recipes and what they set")
+    add_commands(commands)
     return parser
 
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_models()
         if arguments.command == "recipes":
             return run_recipes()
+        if arguments.command in RUNNERS:
+            return RUNNERS[arguments.command](arguments)
     except UserError as error:
         print(f"visionfit: error: {one_line(error)}", file=sys.stderr)
         return 2

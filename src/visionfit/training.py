@@ -502,6 +502,20 @@ def _finish(session: Session, state: TrainState, history: list[dict[str, Any]]) 
     """Record the final summary (hparams, status) and print the last epoch's table."""
     config, run_dir = session.config, session.run_dir
     best = next(record for record in history if record["epoch"] == state.best_epoch)
+    from visionfit.evaluation import write_training_plots
+
+    write_training_plots(
+        run_dir,
+        history,
+        session.model,
+        session.test_loader,
+        session.data.test,
+        session.data.classes,
+        session.preprocess,
+        session.runtime,
+        session.events.writer,
+        state.global_step,
+    )
     session.events.hparams(
         {key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")},
         {

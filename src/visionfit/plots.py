@@ -1,0 +1,139 @@
+"""Figures of a model's results: the confusion matrix, its most confident mistakes, and the
+training curves. Written as PNG files and logged to TensorBoard as images.
+
+Figures are built on matplotlib's object API with the Agg canvas, never through pyplot, so no
+window, no global backend switch and no figure left open; matplotlib is imported only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MISTAKES_SHOWN = 16
+
+
+@dataclass
+class Mistake:
+    """One wrongly classified image (uint8, (3, H, W)) with its true and predicted class names."""
+
+    image: torch.Tensor
+    true_class: str
+    predicted_class: str
+    probability: float
+    source: str
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def confusion_matrix_figure(confusion: torch.Tensor | list[list[int]], classes: list[str]) -> Figure:
+    """Counts (left) and row-normalised recall (right); rows are true classes, columns predicted."""
+    counts = np.asarray(torch.as_tensor(confusion), dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = max(4.0, 0.45 * len(classes) + 2.5)
+    figure = _figure(2 * side, side)
+    show_numbers = len(classes) <= 30  # beyond that the digits would overlap
+    for axes, values, title, text in (
+        (figure.add_subplot(1, 2, 1), counts, "counts", lambda v: f"{int(v)}"),
+        (figure.add_subplot(1, 2, 2), normalised, "row-normalised (recall)", lambda v: f"{v:.2f}"),
+    ):
+        image = axes.imshow(values, cmap="Blues", vmin=0)
+        figure.colorbar(image, ax=axes, shrink=0.8)
+        axes.set_title(f"confusion matrix: {title}")
+        axes.set_xlabel("predicted class")
+        axes.set_ylabel("true class")
+        axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        axes.set_yticks(range(len(classes)), classes)
+        if show_numbers:
+            threshold = values.max() / 2 if values.size else 0
+            for row in range(len(classes)):
+                for column in range(len(classes)):
+                    value = values[row, column]
+                    axes.text(
+                        column,
+                        row,
+                        text(value),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > threshold else "black",
+                    )
+    return figure
+
+
+def mistakes_figure(mistakes: list[Mistake]) -> Figure:
+    """A grid of wrongly classified images titled `true → predicted (probability)`."""
+    columns = min(4, max(1, len(mistakes)))
+    rows = max(1, -(-len(mistakes) // columns))
+    figure = _figure(2.6 * columns, 2.8 * rows)
+    if not mistakes:
+        figure.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        return figure
+    for position, mistake in enumerate(mistakes, start=1):
+        axes = figure.add_subplot(rows, columns, position)
+        axes.imshow(mistake.image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes.set_title(
+            f"true {mistake.true_class}\npredicted {mistake.predicted_class} ({mistake.probability:.0%})",
+            fontsize=8,
+        )
+        axes.axis("off")
+    return figure
+
+
+def curves_figure(history: list[dict[str, Any]]) -> Figure:
+    """Train and test loss, and test accuracy, per epoch of a run's history (metrics.jsonl)."""
+    epochs = [record["epoch"] for record in history]
+    figure = _figure(10, 4)
+    loss_axes, accuracy_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    loss_axes.plot(epochs, [record["train_loss"] for record in history], marker="o", label="train")
+    loss_axes.plot(epochs, [record["test"]["loss"] for record in history], marker="o", label="test")
+    loss_axes.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
+    loss_axes.legend()
+    accuracy_axes.plot(epochs, [record["test"]["accuracy"] for record in history], marker="o", label="top-1")
+    if all("top5_accuracy" in record["test"] for record in history):
+        top5 = [record["test"]["top5_accuracy"] for record in history]
+        accuracy_axes.plot(epochs, top5, marker="o", label="top-5")
+    accuracy_axes.set(title="test accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    accuracy_axes.legend()
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        if len(epochs) <= 20:
+            axes.set_xticks(epochs)
+    return figure
+
+
+def figure_pixels(figure: Figure) -> np.ndarray:
+    """The rendered figure as an (H, W, 3) uint8 array."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figures(figures: dict[str, Figure], folder: Path, writer: Any = None, step: int = 0) -> list[Path]:
+    """Write each figure as `folder/NAME.png` and, given a TensorBoard writer, log it as image
+    `plots/NAME`. Returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in figures.items():
+        path = folder / f"{name}.png"
+        figure.savefig(path)
+        paths.append(path)
+        if writer is not None:
+            writer.add_image(f"plots/{name}", figure_pixels(figure), step, dataformats="HWC")
+    if writer is not None:
+        writer.flush()
+    return paths
