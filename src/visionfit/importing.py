@@ -201,13 +201,13 @@ def read_old_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError) as error:
+        # weights_only refuses the classes of a whole pickled module: read those tensors ourselves
         if not zipfile.is_zipfile(path):
-            raise UserError(
-                f"{path} is not a torch.save file that can be read safely ({str(error).splitlines()[0]})"
-            ) from None
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{path} is not a readable torch.save file ({reason})") from None
         loaded = _read_pickled_module(path)
-    except (EOFError, OSError, ValueError) as error:
-        raise UserError(f"{path} is not a readable torch.save file ({error})") from None
+    except Exception as error:  # torch.load on arbitrary bytes raises almost anything
+        raise UserError(f"{path} is not a readable torch.save file ({type(error).__name__})") from None
     return _find_weights(loaded, path)
 
 
