@@ -247,9 +247,9 @@ def write_training_plots(
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:
     """The confusion matrix as text: rows true classes, columns predicted (numbered as the rows)."""
-    width = max(len(name) for name in classes) + len(str(len(classes))) + 2
-    cell = max(4, *(len(str(value)) + 1 for row in confusion for value in row))
     corner = "true \\ predicted"
+    width = max(len(corner), *(len(f"{index} {name}") + 1 for index, name in enumerate(classes)))
+    cell = max(4, *(len(str(value)) + 1 for row in confusion for value in row))
     header = f"{corner:<{width}}" + "".join(f"{index:>{cell}}" for index in range(len(classes)))
     lines = [header]
     for index, (name, row) in enumerate(zip(classes, confusion, strict=True)):

@@ -180,7 +180,7 @@ def _refuse_foreign(path: Path) -> None:
     if head.startswith(b"PK") or head[:1] == b"\x80":
         raise UserError(
             f"{path} is a PyTorch pickle (torch.save), which can run code when loaded; "
-            "visionfit never unpickles checkpoints"
+            "visionfit never unpickles checkpoints; convert it with `visionfit import`"
         )
 
 
