@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ class Predictor:
         *,
         checkpoint_path: Path | None = None,
     ) -> None:
-        self.model = model.to(device).eval()
+        # channels-last runs the convolutions of small images about twice as fast on CPU (oneDNN)
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.classes = list(classes)
         self.preprocess = preprocess
         self.device = device
@@ -85,7 +87,8 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, num_classes) for a normalised batch."""
-        logits = self.model(batch.to(self.device, non_blocking=self.device.type == "cuda"))
+        batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
+        logits = self.model(batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch)
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def top_k(self, probabilities: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
@@ -128,10 +131,15 @@ class Predictor:
             except UserError as error:  # the row names the file already
                 return str(error).removeprefix(f"{source}: ")
 
+        chunks = [sources[start : start + batch_size] for start in range(0, len(sources), batch_size)]
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for start in range(0, len(sources), batch_size):
-                chunk = sources[start : start + batch_size]
-                decoded = list(pool.map(read, chunk))
+            # The next batch decodes on the threads while the model runs on this one (torch releases
+            # the GIL inside its kernels); at most two batches are held at a time.
+            queued = deque([[pool.submit(read, source) for source in chunk] for chunk in chunks[:2]])
+            for number, chunk in enumerate(chunks):
+                decoded = [future.result() for future in queued.popleft()]
+                if number + 2 < len(chunks):
+                    queued.append([pool.submit(read, source) for source in chunks[number + 2]])
                 good = [index for index, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
                 tops: dict[int, list[tuple[str, float]]] = {}
                 if good:
