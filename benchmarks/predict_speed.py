@@ -48,7 +48,9 @@ def main() -> None:
         save_checkpoint(root / "model.safetensors", model.state_dict(), metadata)
         started = time.perf_counter()
         predictor = load(root / "model.safetensors", device="cpu")
-        print(f"checkpoint load: {time.perf_counter() - started:.3f} s; torch threads {torch.get_num_threads()}")
+        print(
+            f"checkpoint load: {time.perf_counter() - started:.3f} s; torch threads {torch.get_num_threads()}"
+        )
         files = expand_inputs([str(root)])
         rates = []
         for _ in range(arguments.repeats):
