@@ -163,7 +163,7 @@ def evaluate_checkpoint(
         data_dir,
         val_fraction=config.get("val_fraction", 0.1),
         seed=config.get("seed", 0),
-        notify=lambda message: None,
+        notify=print,  # e.g. "reading it as --dataset folder", "using the bundled sample"
     )
     check_classes(data.classes, loaded.classes, data.description)
     samples, split_name = _select_split(data, split)
