@@ -18,6 +18,8 @@ _EXPORTS = {
     "train": "visionfit.training",
     "TrainResult": "visionfit.training",
     "load_model": "visionfit.serialization",
+    "save_model": "visionfit.serialization",
+    "Preprocess": "visionfit.data.transforms",
     "create_model": "visionfit.models",
     "list_models": "visionfit.models",
     "register_model": "visionfit.models",
