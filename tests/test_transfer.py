@@ -186,3 +186,24 @@ def test_bad_freezing_options_are_user_errors():
         build_config(flag_values={"unfreeze_at": 2})
     with pytest.raises(UserError, match="--backbone-lr-scale must be a positive"):
         build_config(flag_values={"backbone_lr_scale": 0})
+
+
+def test_a_resumed_run_puts_the_freezing_back_for_its_epoch(tmp_path, monkeypatch):
+    import visionfit.training as training
+    from test_resume import final_state, interrupt_after, make_noisy_dataset, settings
+    from visionfit.training import train
+
+    data = make_noisy_dataset(tmp_path / "data", per_class=6)
+    extra = {"model": "mobilenet_v3_small", "input_size": 32, "freeze": "backbone", "unfreeze_at": 2}
+    extra.update(epochs=2, tensorboard=False)
+    reference = train(**settings(data, tmp_path / "reference", **extra)).run_dir
+
+    real_steps = training.train_steps
+    interrupt_after(monkeypatch, 2)  # killed inside epoch 1, while the backbone is frozen
+    with pytest.raises(KeyboardInterrupt):
+        train(**settings(data, tmp_path / "runs", name="run", **extra))
+    monkeypatch.setattr(training, "train_steps", real_steps)
+    resumed = train(resume=tmp_path / "runs" / "run").run_dir
+    expected, actual = final_state(reference), final_state(resumed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)

@@ -44,7 +44,7 @@ from visionfit.engine.run_folder import (
 from visionfit.engine.state import TrainState, capture_training_state, restore_training_state
 from visionfit.errors import UserError
 from visionfit.models import ModelRecord, create_training_model, get_model_spec, record_of
-from visionfit.models.custom import class_reference, is_custom_reference
+from visionfit.models.custom import class_reference, is_custom_reference, load_class
 from visionfit.models.freezing import backbone_frozen, parameter_groups, set_backbone_frozen
 from visionfit.models.record import remember_record
 from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything
@@ -111,11 +111,12 @@ def resolve_preprocess(
     A user's own model may say what it expects with class attributes `input_size`, `mean` and
     `std`; otherwise it gets the dataset's image side (or 224) and ImageNet's statistics."""
     if model is not None or is_custom_reference(config.model):
-        side = getattr(model, "input_size", None) or image_side or 224
+        source = model if model is not None else load_class(config.model)
+        side = getattr(source, "input_size", None) or image_side or 224
         return Preprocess(
             input_size=config.input_size or side,
-            mean=config.mean or tuple(getattr(model, "mean", IMAGENET_MEAN)),
-            std=config.std or tuple(getattr(model, "std", IMAGENET_STD)),
+            mean=config.mean or tuple(getattr(source, "mean", IMAGENET_MEAN)),
+            std=config.std or tuple(getattr(source, "std", IMAGENET_STD)),
         )
     spec = get_model_spec(config.model)
     return Preprocess(
