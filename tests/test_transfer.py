@@ -193,13 +193,13 @@ def test_a_resumed_run_puts_the_freezing_back_for_its_epoch(tmp_path, monkeypatc
     from test_resume import final_state, interrupt_after, make_noisy_dataset, settings
     from visionfit.training import train
 
-    data = make_noisy_dataset(tmp_path / "data", per_class=6)
+    data = make_noisy_dataset(tmp_path / "data", per_class=5)
     extra = {"model": "mobilenet_v3_small", "input_size": 32, "freeze": "backbone", "unfreeze_at": 2}
     extra.update(epochs=2, tensorboard=False)
     reference = train(**settings(data, tmp_path / "reference", **extra)).run_dir
 
     real_steps = training.train_steps
-    interrupt_after(monkeypatch, 2)  # killed inside epoch 1, while the backbone is frozen
+    interrupt_after(monkeypatch, 1)  # killed inside epoch 1, while the backbone is frozen
     with pytest.raises(KeyboardInterrupt):
         train(**settings(data, tmp_path / "runs", name="run", **extra))
     monkeypatch.setattr(training, "train_steps", real_steps)

@@ -56,8 +56,17 @@ def _step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> None
     optimizer.step()
 
 
-@pytest.mark.parametrize("head", ["replace", "append"])
-@pytest.mark.parametrize("name", [*SLICE, "vit_b_16"])
+HEAVY = {"densenet121", "regnet_x_400mf", "convnext_tiny", "vit_b_16"}  # their append runs are slow
+
+
+@pytest.mark.parametrize(
+    ("name", "head"),
+    [
+        pytest.param(name, head, marks=[pytest.mark.slow] if name in HEAVY and head == "append" else [])
+        for name in [*SLICE, "vit_b_16"]
+        for head in ("replace", "append")
+    ],
+)
 def test_heads_train_and_freezing_keeps_the_backbone(name: str, head: str):
     torch.manual_seed(0)
     args = VIT_ARGS if name == "vit_b_16" else {}
