@@ -170,3 +170,31 @@ def test_save_model_and_load_model_round_trip_registry_and_foreign_models(tmp_pa
     assert isinstance(visionfit.load_model(path, model=Small(3)), Small)
     with pytest.raises(UserError, match="must end in .safetensors"):
         visionfit.save_model(Small(3), tmp_path / "small.pth", classes=["a", "b", "c"], preprocess=preprocess)
+
+
+def test_checkpoints_from_before_the_model_record_still_load(tmp_path):
+    from visionfit.engine.checkpoint import save_checkpoint
+
+    model = create_model("cifar10-quick", 10)
+    old_metadata = {  # what checkpoints held before heads, weights and user models existed
+        "model": {"name": "cifar10-quick", "args": {}, "num_classes": 10},
+        "classes": [str(index) for index in range(10)],
+        "preprocess": {"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "crop"},
+    }
+    save_checkpoint(tmp_path / "old.safetensors", model.state_dict(), old_metadata)
+    loaded = visionfit.load_model(tmp_path / "old.safetensors")
+    assert torch.equal(loaded[0].weight, model[0].weight)
+
+
+def test_models_command_lists_the_zoo_and_details_one(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line and not line.startswith("Also")}
+    assert rows["resnet18"][1:4] == ["11.69M", "224px", "yes"]
+    assert rows["cifar10-quick"][1:4] == ["0.15M", "32px", "no"]
+    assert rows["inception_v3"][2] == "299px" and "vit_b_16" in rows and len(rows) > 80
+    assert main(["models", "efficientnet_b0"]) == 0
+    out = capsys.readouterr().out
+    assert "resized to 256 then centre-cropped, bicubic" in out and "IMAGENET1K_V1" in out
+    assert main(["models", "resnet19"]) == 2
+    assert "did you mean 'resnet18'" in capsys.readouterr().err
