@@ -20,6 +20,8 @@ _EXPORTS = {
     "load_model": "visionfit.serialization",
     "load": "visionfit.prediction",
     "Predictor": "visionfit.prediction",
+    "save_model": "visionfit.serialization",
+    "Preprocess": "visionfit.data.transforms",
     "create_model": "visionfit.models",
     "list_models": "visionfit.models",
     "register_model": "visionfit.models",

@@ -104,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(train)
 
-    commands.add_parser("models", help="list the registered models")
+    models = commands.add_parser(
+        "models",
+        help="list the registered models (the tutorial CNN and every torchvision classifier)",
+        description="List every model with its parameter count (torchvision's: with the 1000-way "
+        "ImageNet head), default input size and whether pretrained weights exist; with NAME, that "
+        "model's details.",
+    )
+    models.add_argument("name", nargs="?", metavar="NAME", help="show one model in detail")
     commands.add_parser("recipes", help="list the named recipes and what they set")
     add_commands(commands)
     return parser
@@ -131,18 +138,48 @@ def run_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def run_models() -> int:
-    from visionfit.models import list_models
+def run_models(name: str | None = None) -> int:
+    from visionfit.models import get_model_spec, list_models
     from visionfit.models.registry import count_parameters
 
+    if name is not None:
+        spec = get_model_spec(name)
+        accepted = spec.accepted_args()
+        details = {
+            "name": spec.name,
+            "family": spec.family,
+            "description": spec.description,
+            "parameters": f"{count_parameters(spec.name):,}",
+            "input": f"{spec.input_size}x{spec.input_size} px, resized to "
+            f"{round(spec.input_size / spec.crop_fraction)} then centre-cropped, {spec.interpolation}",
+            "mean": ", ".join(f"{value:.4f}" for value in spec.mean),
+            "std": ", ".join(f"{value:.4f}" for value in spec.std),
+            "pretrained": spec.pretrained_weights or "none",
+            "arguments": "see torchvision's builder"
+            if accepted is None
+            else ", ".join(sorted(accepted)) or "none",
+        }
+        for key, value in details.items():
+            print(f"{key + ':':<12} {value}")
+        return 0
     rows = [
-        (spec.name, f"{count_parameters(spec.name) / 1e6:.2f}M", f"{spec.input_size}px", spec.description)
+        (
+            spec.name,
+            f"{count_parameters(spec.name) / 1e6:.2f}M",
+            f"{spec.input_size}px",
+            "yes" if spec.pretrained_weights else "no",
+            spec.family,
+        )
         for spec in list_models()
     ]
     width = max(len(row[0]) for row in rows)
-    print(f"{'name':<{width}}  {'params':>7}  {'input':>5}  description")
-    for name, parameters, size, description in rows:
-        print(f"{name:<{width}}  {parameters:>7}  {size:>5}  {description}")
+    print(f"{'name':<{width}}  {'params':>8}  {'input':>5}  pretrained  family")
+    for row_name, parameters, size, pretrained, family in rows:
+        print(f"{row_name:<{width}}  {parameters:>8}  {size:>5}  {pretrained:<10}  {family}")
+    print(
+        "\nAlso: your own nn.Module as --model path/to/model.py:ClassName or package.module:ClassName. "
+        "`visionfit models NAME` shows one model."
+    )
     return 0
 
 
@@ -172,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.command == "train":
             return run_train(arguments)
         if arguments.command == "models":
-            return run_models()
+            return run_models(arguments.name)
         if arguments.command == "recipes":
             return run_recipes()
         if arguments.command in RUNNERS:

@@ -103,9 +103,47 @@ class TrainConfig:
     )
 
     # model
-    model: str = option("cifar10-quick", "registered model name (see `visionfit models`)", "model")
+    model: str = option(
+        "cifar10-quick",
+        "registered model name (see `visionfit models`), or your own nn.Module as "
+        "path/to/model.py:ClassName or package.module:ClassName",
+        "model",
+    )
     model_args: dict[str, Any] = option(  # noqa: RUF009  (option() returns a dataclass field)
-        {}, "builder argument for the model, repeatable", "model", metavar="KEY=VALUE", flag="--model-arg"
+        {},
+        "builder (or your class's constructor) argument, repeatable",
+        "model",
+        metavar="KEY=VALUE",
+        flag="--model-arg",
+    )
+    head: str = option(
+        "replace",
+        "torchvision models: replace the final classification layer with an N-way one, or append "
+        "a Linear(1000, N) after it",
+        "model",
+        choices=("replace", "append"),
+    )
+    pretrained: bool = option(
+        False, "start a torchvision model from torchvision's pretrained weights (downloaded once)", "model"
+    )
+    weights: str | None = option(
+        None,
+        "start a torchvision model from a local weights file (.pth or .safetensors state dict "
+        "of the pretrained model), e.g. offline",
+        "model",
+        metavar="FILE",
+    )
+    freeze: str = option(
+        "none",
+        "backbone: train only the head (frozen BatchNorm stays in eval mode)",
+        "model",
+        choices=("none", "backbone"),
+    )
+    unfreeze_at: int | None = option(
+        None, "with --freeze backbone: train the whole network from this epoch on", "model", metavar="EPOCH"
+    )
+    backbone_lr_scale: float = option(
+        1.0, "learning rate of the backbone relative to --lr (the head's)", "model", metavar="X"
     )
 
     # optimisation
@@ -340,6 +378,12 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--std values must be positive, got {','.join(map(str, config.std))}")
     if config.name is not None and (not config.name or "/" in config.name or config.name in (".", "..")):
         raise UserError(f"--name must be a plain folder name, got {config.name!r}")
+    if config.unfreeze_at is not None and (config.freeze != "backbone" or not config.unfreeze_at >= 2):
+        raise UserError(
+            f"--unfreeze-at needs --freeze backbone and an epoch of 2 or more, got {config.unfreeze_at}"
+        )
+    if not (math.isfinite(config.backbone_lr_scale) and config.backbone_lr_scale > 0):
+        raise UserError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")
     if config.dataset == "folder" and not config.data_dir:
         raise UserError("--dataset folder needs --data-dir ROOT, where ROOT/<class>/ holds the images")
     from visionfit.runtime import check_device_name

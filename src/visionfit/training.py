@@ -43,11 +43,16 @@ from visionfit.engine.run_folder import (
 )
 from visionfit.engine.state import TrainState, capture_training_state, restore_training_state
 from visionfit.errors import UserError
-from visionfit.models import create_model, get_model_spec
+from visionfit.models import ModelRecord, create_training_model, get_model_spec, record_of
+from visionfit.models.custom import class_reference, is_custom_reference, load_class
+from visionfit.models.freezing import backbone_frozen, parameter_groups, set_backbone_frozen
+from visionfit.models.record import remember_record
 from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything
 from visionfit.serialization import checkpoint_metadata, unwrap_model
 
 IMAGE_GRID_SIZE = 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 LAST = "last.safetensors"
 
 
@@ -97,13 +102,29 @@ class Session:
         return self.run_dir / "checkpoints"
 
 
-def resolve_preprocess(config: TrainConfig) -> Preprocess:
-    """The model's own input size and normalisation unless the config overrides them."""
+def resolve_preprocess(
+    config: TrainConfig, image_side: int | None = None, model: nn.Module | None = None
+) -> Preprocess:
+    """The model's own input size and normalisation (torchvision models: their pretrained
+    weights' resize, crop, mean, std and interpolation) unless the config overrides them.
+
+    A user's own model may say what it expects with class attributes `input_size`, `mean` and
+    `std`; otherwise it gets the dataset's image side (or 224) and ImageNet's statistics."""
+    if model is not None or is_custom_reference(config.model):
+        source = model if model is not None else load_class(config.model)
+        side = getattr(source, "input_size", None) or image_side or 224
+        return Preprocess(
+            input_size=config.input_size or side,
+            mean=config.mean or tuple(getattr(source, "mean", IMAGENET_MEAN)),
+            std=config.std or tuple(getattr(source, "std", IMAGENET_STD)),
+        )
     spec = get_model_spec(config.model)
     return Preprocess(
         input_size=config.input_size or spec.input_size,
         mean=config.mean or spec.mean,
         std=config.std or spec.std,
+        crop_fraction=spec.crop_fraction,
+        interpolation=spec.interpolation,
     )
 
 
@@ -185,10 +206,15 @@ def train(
     """Train a model as `config` says and return where the run went and how it did.
 
     Keyword arguments override single config fields: `train(epochs=3, model="cifar10-quick")`.
+    `model` may also be an `nn.Module` instance, trained as it is (its output must have one logit
+    per class); load its checkpoints with `load_model(path, model=a_fresh_instance)`.
     `resume=RUN_DIR` continues that run from its last checkpoint, exactly where it stopped;
     `resume="auto"` continues the newest unfinished run with the same config, or starts one.
     """
     setup_logging()
+    instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
+    if instance is not None:
+        overrides["model"] = class_reference(instance)
     config, resume_folder = _resolve_resume(config, resume, overrides)
     runtime = create_runtime(config.device, config.precision)
     configure_determinism(config.deterministic)
@@ -206,11 +232,22 @@ def train(
             "warning: --no-shuffle on a folder dataset trains on its classes one after "
             "another (files are in class order), which ruins accuracy; add --shuffle"
         )
-    preprocess = resolve_preprocess(config)
+    preprocess = resolve_preprocess(config, data.image_side, instance)
     num_classes = len(data.classes)
 
     seed_everything(config.seed)
-    model = create_model(config.model, num_classes, **config.model_args)
+    model = instance or create_training_model(
+        config.model,
+        num_classes,
+        config.model_args,
+        head=config.head,
+        pretrained=config.pretrained,
+        weights=config.weights,
+        # a resumed run's weights come from its checkpoint: no download, no weights file needed
+        load_weights=resume_folder is None or not (resume_folder / "checkpoints" / LAST).is_file(),
+    )
+    if instance is not None:
+        remember_record(instance, ModelRecord(config.model, num_classes, source="instance"))
     check_model_fits(model, preprocess, num_classes, config.model)
     model.to(runtime.device)
 
@@ -232,13 +269,18 @@ def train(
         workers=workers,
         device=runtime.device,
     )
-    optimizer = create_optimizer(model, config)
+    groups = None
+    if config.freeze != "none" or config.backbone_lr_scale != 1.0:
+        groups = parameter_groups(model, num_classes, config.lr, config.backbone_lr_scale)
+    optimizer = create_optimizer(model, config, groups)
     scheduler = create_scheduler(optimizer, config, sampler.batches_per_epoch())
     scaler = runtime.grad_scaler()
 
     state = TrainState()
     if resume_folder is None:
-        run_dir = create_run_folder(config.run_dir, config.name, dataset=data.dataset, model=config.model)
+        run_dir = create_run_folder(
+            config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
+        )
     else:
         run_dir = resume_folder
         state = _restore(run_dir, data, model, optimizer, scheduler, scaler)
@@ -352,6 +394,14 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
     last_save = time.monotonic()
     while state.epoch <= config.epochs:
         epoch = state.epoch
+        if config.freeze != "none":  # a function of the epoch alone, so a resumed run gets it right
+            set_backbone_frozen(
+                session.model,
+                len(session.data.classes),
+                backbone_frozen(config.freeze, config.unfreeze_at, epoch),
+            )
+            if epoch == config.unfreeze_at:
+                logger.info(f"epoch {epoch}: unfreezing the backbone (--unfreeze-at {epoch})")
         session.sampler.set_epoch(epoch, start_batch=state.batch)
         progress = EpochProgress(steps_in_epoch, f"epoch {epoch}/{config.epochs}")
         progress.bar.update(state.batch)
@@ -461,6 +511,7 @@ def _metadata(session: Session, state: TrainState, record: dict[str, Any] | None
         model_args=session.config.model_args,
         classes=session.data.classes,
         preprocess=session.preprocess,
+        model_record=record_of(unwrap_model(session.model)),
         **fields,
     )
 

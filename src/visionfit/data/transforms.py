@@ -44,6 +44,11 @@ class Preprocess:
     std: tuple[float, float, float]
     resize_mode: str = "crop"
     crop_fraction: float = 1.0
+    interpolation: str = "bilinear"  # a torchvision InterpolationMode value, as the weights were trained
+
+    @property
+    def interpolation_mode(self) -> F.InterpolationMode:
+        return F.InterpolationMode(self.interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -61,6 +66,8 @@ class Preprocess:
         preprocess = cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
         if preprocess.resize_mode not in RESIZE_MODES:
             raise UserError(f"unknown resize mode {preprocess.resize_mode!r}")
+        if preprocess.interpolation not in {mode.value for mode in F.InterpolationMode}:
+            raise UserError(f"unknown interpolation {preprocess.interpolation!r}")
         return preprocess
 
 
@@ -79,11 +86,15 @@ class EvalTransform:
         height, width = tensor.shape[-2:]
         if self.preprocess.resize_mode == "squash":
             if (height, width) != (size, size):
-                tensor = F.resize(tensor, [size, size], antialias=True)
+                tensor = F.resize(
+                    tensor, [size, size], interpolation=self.preprocess.interpolation_mode, antialias=True
+                )
             return tensor
         shorter = round(size / self.preprocess.crop_fraction)
         if min(height, width) != shorter:
-            tensor = F.resize(tensor, [shorter], antialias=True)
+            tensor = F.resize(
+                tensor, [shorter], interpolation=self.preprocess.interpolation_mode, antialias=True
+            )
         if tuple(tensor.shape[-2:]) != (size, size):
             tensor = F.center_crop(tensor, [size, size])
         return tensor
@@ -120,7 +131,16 @@ class TrainTransform(EvalTransform):
             tensor = padded[..., top : top + size, left : left + size]
         else:
             top, left, height, width = random_resized_crop_box(*tensor.shape[-2:], rng)
-            tensor = F.resized_crop(tensor, top, left, height, width, [size, size], antialias=True)
+            tensor = F.resized_crop(
+                tensor,
+                top,
+                left,
+                height,
+                width,
+                [size, size],
+                interpolation=self.preprocess.interpolation_mode,
+                antialias=True,
+            )
         if rng.random() < 0.5:
             tensor = F.horizontal_flip(tensor)
         return self.to_float(tensor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,8 +11,12 @@ from torch import nn
 from visionfit.config import TrainConfig
 
 
-def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+def create_optimizer(
+    model: nn.Module, config: TrainConfig, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer over `groups` (parameter groups with their own lr, e.g. a head and a slower
+    backbone) or, without them, over every trainable parameter at `config.lr`."""
+    parameters: Any = groups or [parameter for parameter in model.parameters() if parameter.requires_grad]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(

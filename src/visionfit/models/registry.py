@@ -29,9 +29,19 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     family: str = "visionfit"
+    # Preprocessing beyond size and normalisation: the share of the resized image kept by the
+    # centre crop (224/256 for most ImageNet models) and the resize interpolation.
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    pretrained_weights: str | None = None  # name of the weights `--pretrained` loads, if any
+    parameter_count: int | None = None  # known without building the model (torchvision's meta)
 
-    def accepted_args(self) -> set[str]:
-        return {name for name in inspect.signature(self.builder).parameters if name != "num_classes"}
+    def accepted_args(self) -> set[str] | None:
+        """Builder arguments besides num_classes; None when the builder takes any (**kwargs)."""
+        parameters = inspect.signature(self.builder).parameters
+        if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+            return None
+        return {name for name in parameters if name != "num_classes"}
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -45,13 +55,16 @@ def register_model(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     family: str = "visionfit",
+    **details: Any,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator registering `builder(num_classes, **args) -> nn.Module` under `name`."""
+    """Decorator registering `builder(num_classes, **args) -> nn.Module` under `name`.
+
+    `details` sets the optional ModelSpec fields (crop_fraction, interpolation, ...)."""
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, mean, std, family)
+        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, mean, std, family, **details)
         return builder
 
     return decorate
@@ -73,8 +86,8 @@ def create_model(name: str, num_classes: int, **args: Any) -> nn.Module:
     """Build the registered model `name` with a `num_classes`-way output."""
     spec = get_model_spec(name)
     accepted = spec.accepted_args()
-    unknown = sorted(set(args) - accepted)
-    if unknown:
+    unknown = [] if accepted is None else sorted(set(args) - accepted)
+    if unknown and accepted is not None:
         choices = ", ".join(sorted(accepted)) or "none"
         raise UserError(
             f"model {name} takes no argument {unknown[0]!r}"
@@ -87,9 +100,13 @@ def create_model(name: str, num_classes: int, **args: Any) -> nn.Module:
 
 
 def count_parameters(name: str, num_classes: int = 10) -> int:
-    """Parameters of model `name`, counted on the meta device: no memory, no initialisation."""
+    """Parameters of model `name`: as registered when known (torchvision's count, with its
+    ImageNet head), else counted on the meta device: no memory, no initialisation."""
     import torch
 
+    known = get_model_spec(name).parameter_count
+    if known is not None:
+        return known
     with torch.device("meta"):
         model = create_model(name, num_classes)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,114 @@
+"""Your own `nn.Module`: `--model path/to/model.py:ClassName` or `--model package.module:ClassName`.
+
+The class is imported (a file is executed as a module, like `python model.py` would), built with
+the `--model-arg` values, and given `num_classes` when its constructor takes that argument. A
+checkpoint records the reference and the file's absolute path, so loading it needs the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from visionfit.errors import UserError
+
+
+def is_custom_reference(name: str) -> bool:
+    """`file.py:Class` and `package.module:Class` name a user's class; registry names have no colon."""
+    return ":" in name
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _import_file(path: Path) -> Any:
+    # One module per file path, reused, so that loading a checkpoint twice does not run the file twice.
+    module_name = "visionfit_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"--model {path}: cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise UserError(f"--model {path}: importing it failed: {type(error).__name__}: {error}") from None
+    return module
+
+
+def resolve_reference(reference: str) -> tuple[str, str, Path | None]:
+    """Split `where:Class` into (where, class name, absolute file path or None for a module)."""
+    where, _, class_name = reference.rpartition(":")
+    if not where or not class_name.isidentifier():
+        raise UserError(
+            f"--model {reference!r}: expected path/to/file.py:ClassName or package.module:ClassName"
+        )
+    if where.endswith(".py"):
+        return where, class_name, Path(where).expanduser().resolve()
+    return where, class_name, None
+
+
+def load_class(reference: str, *, file: str | None = None) -> type[nn.Module]:
+    """The `nn.Module` subclass named by `reference`; `file` is an absolute path to try when
+    the reference's own (possibly relative) path is not there (a checkpoint read elsewhere)."""
+    where, class_name, path = resolve_reference(reference)
+    if path is not None:
+        if not path.is_file() and file and Path(file).is_file():
+            path = Path(file)
+        if not path.is_file():
+            raise UserError(
+                f"model file {where} not found{f' (nor {file})' if file else ''}; the model class "
+                f"{class_name} is defined there: put the file back or run from its folder"
+            )
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as error:
+            raise UserError(f"--model {reference}: cannot import {where} ({error})") from None
+    model_class = getattr(module, class_name, None)
+    if model_class is None:
+        names = sorted(
+            name
+            for name, value in vars(module).items()
+            if inspect.isclass(value) and issubclass(value, nn.Module) and value.__module__ == module.__name__
+        )
+        raise UserError(
+            f"{where} has no class {class_name}; its nn.Module classes: {', '.join(names) or 'none'}"
+        )
+    if not (inspect.isclass(model_class) and issubclass(model_class, nn.Module)):
+        raise UserError(f"{where}:{class_name} is not an nn.Module subclass")
+    return model_class
+
+
+def create_custom_model(
+    reference: str, num_classes: int, args: dict[str, Any], *, file: str | None = None
+) -> nn.Module:
+    """Build the user's class with `args`, adding `num_classes` when the constructor takes it."""
+    model_class = load_class(reference, file=file)
+    parameters = inspect.signature(model_class.__init__).parameters
+    takes_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+    args = dict(args)
+    if ("num_classes" in parameters or takes_any) and "num_classes" not in args:
+        args["num_classes"] = num_classes
+    try:
+        return model_class(**args)
+    except TypeError as error:
+        raise UserError(f"cannot build {reference} with {args or 'no arguments'}: {error}") from None
+
+
+def class_reference(model: nn.Module) -> str:
+    """`package.module:Class` for an instance (what a checkpoint of it records)."""
+    model_class = type(model)
+    return f"{model_class.__module__}:{model_class.__qualname__}"

@@ -1,0 +1,179 @@
+"""What a checkpoint says about its model, and building a model from it.
+
+A `ModelRecord` names the architecture (a registry name, a torchvision name, or a user's
+`file.py:Class` / `package.module:Class`), its builder arguments, its number of classes and its
+head, which together rebuild the exact network whose weights the checkpoint holds. The same record
+builds the model for training, where pretrained weights are loaded before the head is attached.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionfit.errors import UserError
+from visionfit.models import registry
+from visionfit.models.custom import class_reference, create_custom_model, file_digest, is_custom_reference
+from visionfit.models.registry import get_model_spec
+from visionfit.models.torchvision_zoo import (
+    FAMILY,
+    build_torchvision_model,
+    default_weights,
+    download_weights,
+    read_weights_file,
+)
+
+SOURCES = ("registry", "file", "module", "instance")
+
+
+@dataclass
+class ModelRecord:
+    """How to rebuild a model: `name` and `args` as the user gave them, plus what was derived."""
+
+    name: str
+    num_classes: int
+    args: dict[str, Any] = field(default_factory=dict)
+    head: str = "replace"
+    pretrained: str | None = None  # weights the backbone started from (torchvision name or file)
+    pretrained_layout: bool = False  # built the way torchvision builds it for its weights
+    source: str = "registry"
+    file: str | None = None  # a user model file's absolute path
+    file_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelRecord:
+        # Checkpoints from before this record held only name, args and num_classes.
+        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
+        return cls(**known)
+
+    @property
+    def display_name(self) -> str:
+        """A short name for run folders: the registry name or the user's class name."""
+        return self.name.rpartition(":")[2] if is_custom_reference(self.name) else self.name
+
+
+_RECORDS: weakref.WeakKeyDictionary[nn.Module, ModelRecord] = weakref.WeakKeyDictionary()
+
+
+def remember_record(model: nn.Module, record: ModelRecord) -> nn.Module:
+    _RECORDS[model] = record
+    return model
+
+
+def record_of(model: nn.Module, num_classes: int | None = None) -> ModelRecord:
+    """The record a model was built from, or one describing a foreign instance by its class."""
+    if model in _RECORDS:
+        return _RECORDS[model]
+    if num_classes is None:
+        raise UserError(f"{type(model).__name__} was not built by visionfit: pass classes=[...] to save it")
+    return ModelRecord(class_reference(model), num_classes, source="instance")
+
+
+def _is_torchvision(name: str) -> bool:
+    return not is_custom_reference(name) and get_model_spec(name).family == FAMILY
+
+
+def create_training_model(
+    name: str,
+    num_classes: int,
+    args: dict[str, Any],
+    *,
+    head: str = "replace",
+    pretrained: bool = False,
+    weights: str | None = None,
+    load_weights: bool = True,
+) -> nn.Module:
+    """The model to train, its record remembered. With `pretrained` (torchvision's download) or
+    `weights` (a local file), a torchvision model starts from those weights; `load_weights=False`
+    builds the same network without loading them (a resumed run loads its checkpoint instead)."""
+    wants_weights = pretrained or weights is not None
+    if is_custom_reference(name):
+        if wants_weights or head != "replace":
+            raise UserError("--pretrained, --weights and --head append are for torchvision models only")
+        where, _, _ = name.rpartition(":")
+        record = ModelRecord(name, num_classes, dict(args), source="module")
+        if where.endswith(".py"):
+            path = Path(where).expanduser().resolve()
+            record.source, record.file = "file", str(path)
+            record.file_sha256 = file_digest(path) if path.is_file() else None
+        return remember_record(build_from_record(record), record)
+    spec = get_model_spec(name)
+    if spec.family != FAMILY:
+        if wants_weights or head != "replace":
+            raise UserError(
+                f"--pretrained, --weights and --head append are for torchvision models; {name} has no "
+                "pretrained weights (see `visionfit models`)"
+            )
+        record = ModelRecord(name, num_classes, dict(args))
+        return remember_record(build_from_record(record), record)
+    record = ModelRecord(name, num_classes, dict(args), head=head, pretrained_layout=wants_weights)
+    state_dict = None
+    if wants_weights:
+        record.pretrained = (
+            str(Path(weights).expanduser().resolve()) if weights else str(default_weights(name))
+        )
+        if load_weights:
+            state_dict = (
+                read_weights_file(weights) if weights else download_weights(name, default_weights(name))
+            )
+    model = _build(record, state_dict)
+    return remember_record(model, record)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    head: str = "replace",
+    pretrained: bool = False,
+    weights: str | None = None,
+    **args: Any,
+) -> nn.Module:
+    """Build model `name` (registry, torchvision or `file.py:Class`) with a `num_classes`-way
+    output; `args` go to its builder. The model remembers how it was built, for `save_model`."""
+    return create_training_model(name, num_classes, args, head=head, pretrained=pretrained, weights=weights)
+
+
+def _build(record: ModelRecord, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    try:
+        return build_torchvision_model(
+            record.name,
+            record.num_classes,
+            head=record.head,
+            pretrained_layout=record.pretrained_layout,
+            state_dict=state_dict,
+            **record.args,
+        )
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"cannot build model {record.name} with {record.args or 'its defaults'}: {error}"
+        ) from None
+
+
+def build_from_record(record: ModelRecord) -> nn.Module:
+    """The untrained network a record describes (weights come from the checkpoint)."""
+    if record.source == "instance":
+        raise UserError(
+            f"this checkpoint holds a model that was passed to visionfit as an instance ({record.name}); "
+            "build it yourself and pass it: load_model(path, model=YourModel(...))"
+        )
+    if record.source in ("file", "module") or is_custom_reference(record.name):
+        path = Path(record.file) if record.file else None
+        if path and record.file_sha256 and path.is_file() and file_digest(path) != record.file_sha256:
+            from visionfit.console import logger
+
+            logger.warning(f"warning: {path} changed since the checkpoint was written")
+        model = create_custom_model(record.name, record.num_classes, record.args, file=record.file)
+    elif _is_torchvision(record.name):
+        model = _build(record, None)
+    else:
+        model = registry.create_model(record.name, record.num_classes, **record.args)
+    return remember_record(model, record)
