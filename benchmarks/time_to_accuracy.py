@@ -9,6 +9,7 @@ each accuracy was first reached. The table is Markdown, ready for benchmarks/RES
 """
 
 import argparse
+import collections
 import os
 import platform
 import re
@@ -52,8 +53,10 @@ def main() -> None:
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rows = []
+    tail: collections.deque[str] = collections.deque(maxlen=20)
     assert process.stdout is not None
     for line in process.stdout:
+        tail.append(line)
         match = EPOCH_LINE.search(line)
         if match:
             epoch, epochs, train_loss, _test_loss, accuracy = match.groups()
@@ -62,7 +65,7 @@ def main() -> None:
     process.wait()
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        sys.exit(f"visionfit train failed with exit code {process.returncode}")
+        sys.exit(f"{''.join(tail)}visionfit train failed with exit code {process.returncode}")
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # kB on Linux
     print(
         f"\nload average at end {os.getloadavg()[0]:.2f}; wall time {wall:.0f} s; "

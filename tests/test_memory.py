@@ -19,6 +19,7 @@ from visionfit.data.memory import (
     choose_data_path,
     crop_and_flip,
     load_images,
+    reflect_pad,
 )
 from visionfit.data.transforms import Preprocess, build_eval_transform, build_train_transform
 from visionfit.errors import UserError
@@ -97,7 +98,7 @@ def test_crop_and_flip_cuts_each_image_from_its_reflect_padded_copy():
     images = random_samples(5).images
     tops, lefts = torch.tensor([0, 8, 3, 4, 8]), torch.tensor([8, 0, 5, 4, 1])
     flips = torch.tensor([False, True, True, False, True])
-    result = crop_and_flip(images, 4, tops, lefts, flips)
+    result = crop_and_flip(reflect_pad(images, 4, chunk=2), 32, tops, lefts, flips)
     for index in range(5):
         padded = F.pad(images[index], [4], padding_mode="reflect")
         top, left = int(tops[index]), int(lefts[index])
@@ -105,10 +106,8 @@ def test_crop_and_flip_cuts_each_image_from_its_reflect_padded_copy():
         if flips[index]:
             expected = expected.flip(-1)
         assert torch.equal(result[index], expected), index
-    assert torch.equal(
-        crop_and_flip(images, 4, torch.full((5,), 4), torch.full((5,), 4), torch.zeros(5, dtype=torch.bool)),
-        images,
-    )
+    centre, unflipped = torch.full((5,), 4), torch.zeros(5, dtype=torch.bool)
+    assert torch.equal(crop_and_flip(reflect_pad(images, 4), 32, centre, centre, unflipped), images)
 
 
 def test_augmentation_depends_on_seed_epoch_and_batch_only():

@@ -160,7 +160,10 @@ class MemoryBatches:
         device: torch.device,
         channels_last: bool = False,
     ) -> None:
-        self.images = images.to(device)
+        self.padding = max(1, preprocess.input_size // 8)
+        self.size = preprocess.input_size
+        # Padded once here rather than every batch: a third more memory, a third less work a step.
+        self.images = reflect_pad(images, self.padding).to(device) if augment else images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -169,9 +172,10 @@ class MemoryBatches:
         self.augment = augment
         self.device = device
         self.channels_last = channels_last
-        self.padding = max(1, preprocess.input_size // 8)
-        self.mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add, on NCHW where the broadcast is cheap
+        self.scale = 1 / (255 * std)
+        self.shift = -torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) / std
         self.epoch = 0
         self.start_batch = 0
 
@@ -202,31 +206,36 @@ class MemoryBatches:
             indices = order[positions]
             images = self.images[indices]
             if tops is not None and lefts is not None and flips is not None:
-                images = crop_and_flip(
-                    images, self.padding, tops[positions], lefts[positions], flips[positions]
-                )
+                images = crop_and_flip(images, self.size, tops[positions], lefts[positions], flips[positions])
             yield self.normalise(images), self.labels[indices]
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.to(memory_format=memory_format)
-        # The same arithmetic as the per-sample transform (scale to [0, 1], then normalise), so
-        # both paths feed the model the same numbers.
-        return (images.float() / 255 - self.mean) / self.std
+        images = torch.addcmul(self.shift, images.float(), self.scale)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+def reflect_pad(images: torch.Tensor, padding: int, chunk: int = 4096) -> torch.Tensor:
+    """Reflect-pad uint8 images on every side, in chunks (padding needs a float copy)."""
+    count, channels, height, width = images.shape
+    shape = (count, channels, height + 2 * padding, width + 2 * padding)
+    padded = torch.empty(shape, dtype=images.dtype)
+    for start in range(0, count, chunk):
+        part = torch.nn.functional.pad(images[start : start + chunk].float(), [padding] * 4, mode="reflect")
+        padded[start : start + chunk] = part.to(images.dtype)
+    return padded
 
 
 def crop_and_flip(
-    images: torch.Tensor, padding: int, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
+    padded: torch.Tensor, size: int, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
 ) -> torch.Tensor:
-    """Reflect-pad a uint8 batch, crop each image back at its own (top, left), mirror where `flips`."""
-    count, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images.float(), [padding] * 4, mode="reflect").to(images.dtype)
-    rows = (tops.view(count, 1) + torch.arange(height, device=images.device)).view(count, 1, height, 1)
-    columns = torch.arange(width, device=images.device).expand(count, width)
-    columns = torch.where(flips.view(count, 1), columns.flip(1), columns) + lefts.view(count, 1)
-    batch = torch.arange(count, device=images.device).view(count, 1, 1, 1)
-    channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
-    return padded[batch, channel, rows, columns.view(count, 1, 1, width)]
+    """Cut a `size` square from each padded image at its own (top, left), mirrored where `flips`:
+    two gathers (rows, then columns, the flip folded into the column order)."""
+    count, channels, _, padded_width = padded.shape
+    steps = torch.arange(size, device=padded.device)
+    rows = (tops.view(count, 1) + steps).view(count, 1, size, 1)
+    padded = torch.gather(padded, 2, rows.expand(count, channels, size, padded_width))
+    columns = torch.where(flips.view(count, 1), steps.flip(0), steps) + lefts.view(count, 1)
+    return torch.gather(padded, 3, columns.view(count, 1, 1, size).expand(count, channels, size, size))
 
 
 class MemoryEvalBatches:
