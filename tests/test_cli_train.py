@@ -154,6 +154,8 @@ def test_default_dataset_without_network_trains_on_the_sample(capsys, tmp_path):
         "--no-tensorboard",
         "--batch-size",
         "256",
+        "--model-arg",
+        "width=4",  # the fast recipe's network, kept tiny so that the test stays quick
     )
     assert code == 0, err
     assert "training on the bundled cifar10-sample" in out
