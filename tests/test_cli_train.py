@@ -154,11 +154,16 @@ def test_default_dataset_without_network_trains_on_the_sample(capsys, tmp_path):
         "--no-tensorboard",
         "--batch-size",
         "256",
+        "--model-arg",
+        "width=4",  # the fast recipe's network, kept tiny so that the test stays quick
     )
     assert code == 0, err
     assert "training on the bundled cifar10-sample" in out
     assert "5000 train / 1000 test" in out
-    assert yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["dataset"] == "cifar10-sample"
+    saved = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert saved["dataset"] == "cifar10-sample"
+    assert (saved["recipe"], saved["model"]) == ("fast", "airnet")  # the default for 32x32 data
+    assert "airnet" in out and "memory data path" in out
 
 
 SAMPLE = ["--dataset", "cifar10-sample"]
@@ -176,7 +181,7 @@ SAMPLE = ["--dataset", "cifar10-sample"]
         ([*SAMPLE, "--lr", "0"], "--lr must be a positive number"),
         ([*SAMPLE, "--device", "cuda:7"], "cuda:7"),
         ([*SAMPLE, "--model-arg", "depth=3"], "takes no argument 'depth'"),
-        ([*SAMPLE, "--input-size", "64"], "cannot take 64x64 input"),
+        ([*SAMPLE, "--model", "cifar10-quick", "--input-size", "64"], "cannot take 64x64 input"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, arguments, message):

@@ -7,10 +7,33 @@ from visionfit.errors import UserError
 
 
 def test_defaults_match_the_documented_ones():
-    config = build_config()
+    config = build_config({}, {"dataset": "folder", "data_dir": "photos"})
     assert (config.lr, config.batch_size, config.epochs, config.model) == (0.01, 64, 10, "cifar10-quick")
-    assert config.dataset is None and config.shuffle and config.augment
+    assert config.recipe is None and config.shuffle and config.augment
     assert config.test_batch_size == 128
+    assert (config.precision, config.channels_last, config.data_path) == ("auto", "auto", "auto")
+
+
+@pytest.mark.parametrize(
+    ("file_values", "flag_values", "recipe"),
+    [
+        ({}, {}, "fast"),  # CIFAR-10 by default
+        ({}, {"dataset": "cifar10-sample"}, "fast"),
+        ({"dataset": "cifar10"}, {"epochs": 3}, "fast"),
+        ({}, {"dataset": "folder", "data_dir": "photos"}, None),
+        ({}, {"model": "cifar10-quick"}, None),  # naming a model keeps the plain defaults
+        ({}, {"recipe": "tutorial"}, "tutorial"),
+    ],
+)
+def test_cifar_sized_data_defaults_to_the_fast_recipe(file_values, flag_values, recipe):
+    config = build_config(file_values, flag_values)
+    assert config.recipe == recipe
+    assert (config.model == "airnet") == (recipe == "fast")
+
+
+def test_a_data_dir_holding_cifar_batches_gets_the_fast_recipe(cifar_batches, tmp_path):
+    assert build_config({}, {"data_dir": str(cifar_batches.parent)}).recipe == "fast"
+    assert build_config({}, {"data_dir": str(tmp_path / "elsewhere")}).recipe is None
 
 
 def test_layers_apply_in_order_recipe_then_file_then_flags():

@@ -52,6 +52,8 @@ def options(folder_dataset, tmp_path, *extra):
         "1",
         "--no-tensorboard",
         "--no-drop-last",
+        "--data-path",
+        "loader",  # the poison is applied per sample
         *extra,
     ]
 
@@ -125,6 +127,7 @@ def test_train_api_reports_nan_as_a_user_error(poisoned, folder_dataset, tmp_pat
             epochs=1,
             batch_size=4,
             workers=0,
+            data_path="loader",
             run_dir=str(tmp_path),
             tensorboard=False,
         )

@@ -122,17 +122,41 @@ def test_interrupted_and_resumed_run_is_bit_identical(
     assert_same_run(reference_run, run)
 
 
-def test_resume_with_data_workers_and_rare_checkpoints(noisy_dataset, reference_run, tmp_path, monkeypatch):
-    """Workers > 0 and a checkpoint only every 4 steps: the steps after it are redone identically."""
-    options = settings(noisy_dataset, tmp_path, name="workers", workers=2, checkpoint_every_steps=4)
+@pytest.fixture(scope="module")
+def loader_reference_run(noisy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("loader-reference")
+    return train(**settings(noisy_dataset, run_dir, name="reference", data_path="loader")).run_dir
+
+
+def test_resume_with_data_workers_and_rare_checkpoints(
+    noisy_dataset, loader_reference_run, tmp_path, monkeypatch
+):
+    """The per-sample loader path with workers > 0 and a checkpoint only every 4 steps: the steps
+    after it are redone identically. (The other tests run on the default in-memory path.)"""
+    options = settings(
+        noisy_dataset, tmp_path, name="workers", workers=2, checkpoint_every_steps=4, data_path="loader"
+    )
     with monkeypatch.context() as patch:
         interrupt_after(patch, 10)
         with pytest.raises(Interrupt):
             train(**options)
     train(resume=tmp_path / "workers", workers=2)
-    assert_same_run(reference_run, tmp_path / "workers")
+    assert_same_run(loader_reference_run, tmp_path / "workers")
     # steps 9 and 10 were logged after the step-8 checkpoint, then again after the resume
-    assert_same_scalars(reference_run, tmp_path / "workers")
+    assert_same_scalars(loader_reference_run, tmp_path / "workers")
+
+
+def test_the_memory_and_loader_paths_train_differently_only_by_augmentation(noisy_dataset, tmp_path):
+    """Without augmentation both paths give the same batches, so the same run (to float rounding)."""
+    runs = [
+        train(**settings(noisy_dataset, tmp_path, name=path, data_path=path, augment=False, epochs=1))
+        for path in ("memory", "loader")
+    ]
+    first, second = (final_state(result.run_dir) for result in runs)
+    compared = [name for name in first if not name.startswith("rng/")]
+    assert "0.weight" in compared and any(name.startswith("optimizer/") for name in compared)
+    for name in compared:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_two_interruptions_and_tensorboard_has_no_duplicated_points(

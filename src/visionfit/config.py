@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from visionfit.recipes import RECIPES, recipe_names
+from visionfit.recipes import RECIPES, SMALL_IMAGE_RECIPE, recipe_names
 
 DATASETS = ("cifar10", "cifar10-sample", "folder")
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
@@ -93,6 +93,14 @@ class TrainConfig:
     eval_batch_size: int | None = option(None, "images per test batch (default: 2 x batch size)", "data")
     workers: int | None = option(
         None, "data loading processes (default: chosen per device and dataset)", "data"
+    )
+    data_path: str = option(
+        "auto",
+        "memory: decode the dataset once into one uint8 tensor (cached) and augment whole batches on "
+        "the device; loader: per-sample DataLoader; auto: memory when the images are at most 64 px "
+        "and fit in 2 GiB",
+        "data",
+        choices=("auto", "memory", "loader"),
     )
     bad_images: str = option(
         "error",
@@ -177,7 +185,20 @@ class TrainConfig:
     )
     device: str = option("auto", f"{DEVICES_HELP}; auto picks cuda, then mps, then cpu", "run")
     precision: str = option(
-        "fp32", "numeric precision of the forward and backward pass", "run", choices=("fp32", "bf16", "fp16")
+        "auto",
+        "numeric precision of the forward and backward pass; auto: bf16 on CPUs with AVX512-BF16 or "
+        "AMX and on GPUs that have it, fp16 on older GPUs, fp32 otherwise",
+        "run",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    channels_last: str = option(
+        "auto",
+        "channels_last (NHWC) memory layout for images and weights; auto: on for CPU and CUDA",
+        "run",
+        choices=("auto", "on", "off"),
+    )
+    compile: bool = option(
+        False, "compile the model with torch.compile (slow start, then faster steps on a GPU)", "run"
     )
     seed: int = option(0, "seed for initialisation, data order and augmentation", "run")
     deterministic: bool = option(
@@ -320,6 +341,8 @@ def build_config(
     file_values = dict(file_values or {})
     flag_values = dict(flag_values or {})
     recipe = flag_values.get("recipe", file_values.get("recipe"))
+    if recipe is None and _is_cifar_sized({**file_values, **flag_values}):
+        recipe = SMALL_IMAGE_RECIPE
     config = TrainConfig()
     if recipe is not None:
         if recipe not in RECIPES:
@@ -332,6 +355,23 @@ def build_config(
     config = apply_overrides(config, flag_values, "command-line flags")
     validate(config)
     return config
+
+
+def _is_cifar_sized(values: dict[str, Any]) -> bool:
+    """True when these settings train on CIFAR-10 (or its sample) and name no model: the case the
+    `fast` recipe is made for. Folder datasets keep the plain defaults (their pictures may be big)."""
+    if "model" in values:
+        return False
+    dataset, data_dir = values.get("dataset"), values.get("data_dir")
+    if dataset in ("cifar10", "cifar10-sample"):
+        return True
+    if dataset is not None:
+        return False
+    if data_dir is None:
+        return True
+    from visionfit.data.cifar import find_cifar10
+
+    return find_cifar10(Path(str(data_dir)).expanduser()) is not None
 
 
 def validate(config: TrainConfig) -> None:

@@ -19,6 +19,7 @@ from visionfit.errors import UserError
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISION_DTYPES)
 
 
 def check_device_name(name: str) -> None:
@@ -62,6 +63,7 @@ class Runtime:
 
     device: torch.device
     precision: str = "fp32"
+    channels_last: bool = False
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -89,17 +91,54 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.device, non_blocking=self.device.type == "cuda")
+        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
+        if self.channels_last and tensor.dim() == 4:  # a batch of images; a no-op when it already is
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move the model to the device, in channels_last layout where that was chosen."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def create_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
-    """Pick the device and check that the requested precision works there."""
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bfloat16 arithmetic (AVX512-BF16 or AMX). Elsewhere autocast's bf16
+    kernels emulate it and ran 4-8x slower than fp32 (benchmarks/RESULTS.md, AVX2 EPYC)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def auto_precision(device: torch.device) -> str:
+    """The fastest precision that keeps accuracy on `device`: bf16 where the hardware computes in
+    it, fp16 (with a grad scaler) on older GPUs, fp32 otherwise (also on MPS)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def auto_channels_last(device: torch.device) -> bool:
+    """channels_last (NHWC) on CPU, where oneDNN's convolutions run in it natively (1.5x on the
+    tutorial net, RESULTS.md), and on CUDA, where it feeds tensor cores; not on MPS."""
+    return device.type in ("cpu", "cuda")
+
+
+def create_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto") -> Runtime:
+    """Pick the device, then the precision and memory layout for it (or check the requested ones)."""
     resolved = resolve_device(device)
-    if precision not in PRECISION_DTYPES:
-        raise UserError(f"--precision must be one of {', '.join(PRECISION_DTYPES)}, got {precision!r}")
+    if precision not in PRECISION_CHOICES:
+        raise UserError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if precision == "auto":
+        precision = auto_precision(resolved)
     if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
-    return Runtime(device=resolved, precision=precision)
+    if channels_last not in ("auto", "on", "off"):
+        raise UserError(f"--channels-last must be auto, on or off, got {channels_last!r}")
+    layout = auto_channels_last(resolved) if channels_last == "auto" else channels_last == "on"
+    return Runtime(device=resolved, precision=precision, channels_last=layout)
 
 
 def configure_determinism(enabled: bool) -> None:

@@ -17,13 +17,13 @@ from visionfit.config import TrainConfig, apply_overrides, save_config, validate
 from visionfit.console import EpochProgress, logger, setup_logging
 from visionfit.data import DataSplits, FileSamples, load_data
 from visionfit.data.loaders import (
-    EpochBatchSampler,
     SampleDataset,
     build_eval_loader,
     build_train_loader,
     default_workers,
     sample_seed,
 )
+from visionfit.data.memory import build_memory_loaders, choose_data_path
 from visionfit.data.scan import find_bad_images, without
 from visionfit.data.transforms import Preprocess, build_eval_transform, build_train_transform
 from visionfit.engine.checkpoint import load_checkpoint_or_previous, save_checkpoint
@@ -88,7 +88,7 @@ class Session:
     preprocess: Preprocess
     model: nn.Module
     train_loader: Any
-    sampler: EpochBatchSampler
+    sampler: Any  # EpochBatchSampler or MemoryBatches: set_epoch(epoch, start_batch), batches_per_epoch()
     test_loader: Any
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -216,7 +216,7 @@ def train(
     if instance is not None:
         overrides["model"] = class_reference(instance)
     config, resume_folder = _resolve_resume(config, resume, overrides)
-    runtime = create_runtime(config.device, config.precision)
+    runtime = create_runtime(config.device, config.precision, config.channels_last)
     configure_determinism(config.deterministic)
     data = load_data(
         config.dataset,
@@ -249,26 +249,9 @@ def train(
     if instance is not None:
         remember_record(instance, ModelRecord(config.model, num_classes, source="instance"))
     check_model_fits(model, preprocess, num_classes, config.model)
-    model.to(runtime.device)
+    model = runtime.prepare_model(model)
 
-    workers = config.workers if config.workers is not None else default_workers(runtime.device, data.train)
-    train_loader, sampler = build_train_loader(
-        data.train,
-        build_train_transform(preprocess, config.augment),
-        batch_size=config.batch_size,
-        shuffle=config.shuffle,
-        seed=config.seed,
-        workers=workers,
-        device=runtime.device,
-        drop_last=config.drop_last,
-    )
-    test_loader = build_eval_loader(
-        data.test,
-        build_eval_transform(preprocess),
-        batch_size=config.test_batch_size,
-        workers=workers,
-        device=runtime.device,
-    )
+    train_loader, sampler, test_loader = _create_loaders(config, runtime, data, preprocess)
     groups = None
     if config.freeze != "none" or config.backbone_lr_scale != 1.0:
         groups = parameter_groups(model, num_classes, config.lr, config.backbone_lr_scale)
@@ -302,7 +285,7 @@ def train(
         runtime,
         data,
         preprocess,
-        model,
+        torch.compile(model) if config.compile else model,
         train_loader,
         sampler,
         test_loader,
@@ -316,7 +299,9 @@ def train(
     logger.info(f"data: {data.description}")
     logger.info(
         f"model: {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters)"
-        f" on {runtime.device} ({runtime.precision}); run folder: {run_dir}"
+        f" on {runtime.device} ({runtime.precision}{', channels_last' if runtime.channels_last else ''}"
+        f"{', compiled' if config.compile else ''}, {'memory' if train_loader is sampler else 'loader'}"
+        f" data path); run folder: {run_dir}"
     )
     if resume_folder is not None:
         logger.info(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.global_step})")
@@ -333,6 +318,48 @@ def train(
         events.close()
         raise
     return _finish(session, state, history)
+
+
+def _create_loaders(
+    config: TrainConfig, runtime: Runtime, data: DataSplits, preprocess: Preprocess
+) -> tuple[Any, Any, Any]:
+    """Training batches, the sampler the epoch loop positions, and test batches: the in-memory
+    path when the data fit (`--data-path`), otherwise per-sample DataLoaders."""
+    if choose_data_path(config.data_path, data.train, data.test, preprocess) == "memory":
+        train_batches, test_batches = build_memory_loaders(
+            data.train,
+            data.test,
+            preprocess,
+            batch_size=config.batch_size,
+            test_batch_size=config.test_batch_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            drop_last=config.drop_last,
+            augment=config.augment,
+            device=runtime.device,
+            channels_last=runtime.channels_last,
+            notify=logger.info,
+        )
+        return train_batches, train_batches, test_batches
+    workers = config.workers if config.workers is not None else default_workers(runtime.device, data.train)
+    train_loader, sampler = build_train_loader(
+        data.train,
+        build_train_transform(preprocess, config.augment),
+        batch_size=config.batch_size,
+        shuffle=config.shuffle,
+        seed=config.seed,
+        workers=workers,
+        device=runtime.device,
+        drop_last=config.drop_last,
+    )
+    test_loader = build_eval_loader(
+        data.test,
+        build_eval_transform(preprocess),
+        batch_size=config.test_batch_size,
+        workers=workers,
+        device=runtime.device,
+    )
+    return train_loader, sampler, test_loader
 
 
 def _now() -> str:
@@ -384,7 +411,7 @@ def _log_examples(session: Session) -> None:
     mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
     session.events.images("train/images", images * std + mean, 0)
-    session.events.graph(session.model, session.runtime.to_device(images[:1]))
+    session.events.graph(unwrap_model(session.model), session.runtime.to_device(images[:1]))
 
 
 def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> None:

@@ -28,6 +28,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (value ^ (value >> 31)) >> 1
 
 
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The order in which epoch `epoch` visits the samples: a function of (seed, epoch) only, shared
+    by the per-sample loader and the memory path (and the one place to shard by rank)."""
+    if not shuffle:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
+    return torch.randperm(num_samples, generator=generator)
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of (sample index, augmentation seed) for one epoch at a time.
 
@@ -61,11 +70,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(0, self.batches_per_epoch() - self.start_batch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle).tolist()
         for batch in range(self.start_batch, self.batches_per_epoch()):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield [(index, sample_seed(self.seed, self.epoch, index)) for index in indices]

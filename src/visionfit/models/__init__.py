@@ -1,6 +1,7 @@
 """Model registry; importing this package registers every built-in architecture: the tutorial's
 CNN and every torchvision classification model by its torchvision name."""
 
+from visionfit.models import airnet as _airnet  # noqa: F401  (registers airnet)
 from visionfit.models import quick as _quick  # noqa: F401  (registers cifar10-quick)
 from visionfit.models import torchvision_zoo as _torchvision_zoo  # noqa: F401  (registers the zoo)
 from visionfit.models.record import (

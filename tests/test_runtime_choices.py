@@ -1,0 +1,58 @@
+"""Precision and memory layout chosen per device, and the fast network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visionfit.runtime as runtime_module
+from visionfit.errors import UserError
+from visionfit.models import create_model
+from visionfit.runtime import create_runtime
+
+
+def test_auto_precision_follows_the_cpu_bf16_capability(monkeypatch):
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: False)
+    assert create_runtime("cpu").precision == "fp32"
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: True)
+    assert create_runtime("cpu").precision == "bf16"
+    assert create_runtime("cpu", "fp32").precision == "fp32"  # an explicit choice wins
+
+
+def test_cpu_bf16_detection_matches_torch():
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert runtime_module.cpu_has_fast_bf16() == expected
+
+
+def test_channels_last_choice_and_layout():
+    runtime = create_runtime("cpu", "fp32", "on")
+    model = runtime.prepare_model(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    images = runtime.to_device(torch.zeros(2, 3, 8, 8))
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert runtime.to_device(torch.zeros(2)).shape == (2,)  # labels untouched
+    assert create_runtime("cpu", "fp32", "off").channels_last is False
+    assert create_runtime("cpu").channels_last is True
+    with pytest.raises(UserError, match="--channels-last must be"):
+        create_runtime("cpu", "fp32", "sideways")
+
+
+def test_airnet_shapes_width_and_a_few_steps_learn():
+    model = create_model("airnet", 3, width=8)
+    assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 3)
+    small = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in create_model("airnet", 3, width=16).parameters()) > 3 * small
+    with pytest.raises(UserError, match="cannot build model airnet"):
+        create_model("airnet", 3, width=0)
+    torch.manual_seed(0)
+    images, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 3
+    images += labels.view(-1, 1, 1, 1).float()  # separable classes
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
