@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip-grad-norm may change); auto: the newest unfinished run with the same config in "
         "--run-dir, or a new run when there is none",
     )
+    train.add_argument(
+        "--nproc",
+        metavar="N",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="train in N processes on this machine (one per GPU, or CPU processes), started "
+        "through torchrun; --batch-size stays the global batch",
+    )
     _add_train_options(train)
 
     commands.add_parser("models", help="list the registered models")
@@ -108,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(arguments: argparse.Namespace) -> int:
+def run_train(arguments: argparse.Namespace, command_line: list[str]) -> int:
     values = vars(arguments).copy()
     values.pop("command")
+    nproc = values.pop("nproc", None)
+    if nproc is not None and nproc != 1:
+        from visionfit.distributed import launch, strip_nproc
+
+        return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
     config_path = values.pop("config", None)
     resume = values.pop("resume", None)
     if "model_args" in values:
@@ -162,13 +175,14 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(command_line)
     if arguments.command is None:
         parser.print_help()
         return 0
     try:
         if arguments.command == "train":
-            return run_train(arguments)
+            return run_train(arguments, command_line)
         if arguments.command == "models":
             return run_models()
         if arguments.command == "recipes":

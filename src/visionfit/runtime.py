@@ -1,4 +1,5 @@
-"""Where the computation runs: device choice, precision, seeding and (later) the process group.
+"""Where the computation runs: device choice, precision, seeding and the process layout (the
+process group itself is joined in `distributed`).
 
 Everything that differs between a laptop CPU, a GPU and a torchrun job is decided here once, so the
 loops only ever call `runtime.autocast()`, `runtime.to_device(...)` and read `runtime.is_main`.
@@ -99,7 +100,12 @@ def create_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
         raise UserError(f"--precision must be one of {', '.join(PRECISION_DTYPES)}, got {precision!r}")
     if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
-    return Runtime(device=resolved, precision=precision)
+    from visionfit.distributed import joined_layout
+
+    rank, world_size, local_rank = joined_layout()
+    return Runtime(
+        device=resolved, precision=precision, rank=rank, world_size=world_size, local_rank=local_rank
+    )
 
 
 def configure_determinism(enabled: bool) -> None:
