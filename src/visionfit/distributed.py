@@ -228,6 +228,23 @@ def reduce_metric_sums(sums: MetricSums) -> MetricSums:
     return total
 
 
+def lost_contact_message(error: BaseException, run_dir: Path, timeout_minutes: float) -> str | None:
+    """A one-line explanation when `error` says another process stopped answering (it died, hung,
+    or its machine left the network) and the collectives gave up; None for any other error."""
+    if not _several() or not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip()
+    words = ("Timed out", "timed out", "Connection closed", "Connection reset", "NCCL", "gloo")
+    if not isinstance(error, dist.DistError) and not any(word in text for word in words):
+        return None
+    detail = text.splitlines()[0].rsplit("] ", 1)[-1] if text else type(error).__name__
+    return (
+        f"another training process stopped answering ({detail}; --dist-timeout is {timeout_minutes:g} "
+        f"min), so this one stops too; resume from the last checkpoint with any number of processes: "
+        f"visionfit train --resume {run_dir}"
+    )
+
+
 def wrap_model(model: nn.Module, runtime: Runtime, *, sync_batchnorm: bool) -> nn.Module:
     """The model as DistributedDataParallel (gradients averaged over ranks), or as it is in a single
     process. DDP starts every rank from rank 0's weights and buffers."""

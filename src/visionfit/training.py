@@ -36,6 +36,7 @@ from visionfit.distributed import (
     end_processes,
     init_processes,
     local_world_size,
+    lost_contact_message,
     main_first,
     quiet_unless_main,
     reduce_metric_sums,
@@ -338,6 +339,9 @@ def train(
         if runtime.is_main:
             write_status(run_dir, status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         events.close()
+        lost = lost_contact_message(error, run_dir, config.dist_timeout)
+        if lost is not None:
+            raise UserError(lost) from None
         raise
     result = _finish(session, state, history)
     end_processes(started)
