@@ -19,7 +19,7 @@ from visionfit.data.loaders import EpochBatchSampler
 from visionfit.distributed import (
     all_finite,
     broadcast_from_main,
-    check_global_batch,
+    check_process_options,
     count_across,
     reduce_metric_sums,
     restart_resume,
@@ -30,6 +30,7 @@ from visionfit.distributed import (
 from visionfit.engine.checkpoint import load_checkpoint
 from visionfit.engine.metrics import MetricSums
 from visionfit.errors import UserError
+from visionfit.runtime import Runtime
 
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -75,10 +76,14 @@ def test_a_last_batch_too_small_to_share_is_dropped():
     )
 
 
-def test_global_batch_must_divide_over_the_processes():
-    assert check_global_batch(64, 4) == 16
+def test_global_batch_must_divide_over_the_processes_and_sync_bn_needs_gpus():
+    four = Runtime(torch.device("cpu"), rank=1, world_size=4)
+    check_process_options(64, False, four)
     with pytest.raises(UserError, match="--batch-size 10 is the global batch"):
-        check_global_batch(10, 4)
+        check_process_options(10, False, four)
+    with pytest.raises(UserError, match="--sync-bn needs GPUs"):
+        check_process_options(64, True, four)
+    check_process_options(10, True, Runtime(torch.device("cpu")))  # one process: plain BatchNorm
 
 
 def test_nproc_is_taken_out_of_the_command_each_process_runs():

@@ -125,14 +125,16 @@ def restart_resume(resume: str | Path | None, config: TrainConfig) -> str | Path
     return target
 
 
-def check_global_batch(batch_size: int, world_size: int) -> int:
-    """The per-process batch for a global `batch_size` split over `world_size` processes."""
-    if batch_size % world_size:
+def check_process_options(batch_size: int, sync_batchnorm: bool, runtime: Runtime) -> None:
+    """Refuse, before anything is written, what several processes cannot do: a global batch that
+    does not split evenly, or SyncBatchNorm on CPUs."""
+    if batch_size % runtime.world_size:
         raise UserError(
             f"--batch-size {batch_size} is the global batch and must divide evenly over "
-            f"{world_size} processes; use a multiple of {world_size}"
+            f"{runtime.world_size} processes; use a multiple of {runtime.world_size}"
         )
-    return batch_size // world_size
+    if sync_batchnorm and runtime.distributed and runtime.device.type == "cpu":
+        raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
 
 
 def shard(items: Items, rank: int, world_size: int) -> Items:
@@ -174,13 +176,21 @@ def broadcast_from_main(compute: Callable[[], T]) -> T:
 
 def main_first(compute: Callable[[], T]) -> T:
     """Run `compute` on rank 0, then on the other ranks: what rank 0 downloads or unpacks into a
-    shared cache, the others then find there instead of racing it."""
+    shared cache, the others then find there instead of racing it. A UserError on rank 0 is raised
+    on every rank."""
+    if not _several():
+        return compute()
+    failure: list[str | None] = [None]
+    result: T | None = None
     if is_main():
-        result = compute()
-        barrier()
-        return result
-    barrier()
-    return compute()
+        try:
+            result = compute()
+        except UserError as error:
+            failure[0] = str(error)
+    dist.broadcast_object_list(failure, src=0)  # also the barrier the others wait at
+    if failure[0] is not None:
+        raise UserError(failure[0])
+    return result if is_main() else compute()  # type: ignore[return-value]
 
 
 def sum_across(values: torch.Tensor) -> torch.Tensor:
@@ -245,13 +255,11 @@ def lost_contact_message(error: BaseException, run_dir: Path, timeout_minutes: f
     )
 
 
-def wrap_model(model: nn.Module, runtime: Runtime, *, sync_batchnorm: bool) -> nn.Module:
+def wrap_model(model: nn.Module, runtime: Runtime) -> nn.Module:
     """The model as DistributedDataParallel (gradients averaged over ranks), or as it is in a single
     process. DDP starts every rank from rank 0's weights and buffers."""
     if not runtime.distributed:
         return model
-    if sync_batchnorm and runtime.device.type == "cpu":
-        raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
     device_ids = [runtime.device] if runtime.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 

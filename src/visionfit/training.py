@@ -30,7 +30,7 @@ from visionfit.distributed import (
     any_rank,
     barrier,
     broadcast_from_main,
-    check_global_batch,
+    check_process_options,
     convert_sync_batchnorm,
     count_across,
     end_processes,
@@ -215,7 +215,7 @@ def train(
     # Rank 0 alone looks for the run to resume, so that every rank continues the same one.
     config, resume_folder = broadcast_from_main(lambda: _resolve_resume(config, resume, overrides))
     runtime = create_runtime(config.device, config.precision)
-    check_global_batch(config.batch_size, runtime.world_size)
+    check_process_options(config.batch_size, config.sync_bn, runtime)
     configure_determinism(config.deterministic)
     data = main_first(  # rank 0 downloads or unpacks first; the others then read its copy
         lambda: load_data(
@@ -260,7 +260,7 @@ def train(
     test_loader = build_eval_loader(
         data.test,
         build_eval_transform(preprocess),
-        batch_size=config.test_batch_size,
+        batch_size=max(1, config.test_batch_size // runtime.world_size),  # a global size too
         workers=workers,
         device=runtime.device,
         rank=runtime.rank,
@@ -278,7 +278,7 @@ def train(
     else:
         run_dir = resume_folder
         state = _restore(run_dir, data, model, optimizer, scheduler, scaler)
-    model = wrap_model(model, runtime, sync_batchnorm=config.sync_bn)  # after restoring its weights
+    model = wrap_model(model, runtime)  # after restoring its weights
     if runtime.is_main:  # only rank 0 writes the run folder
         save_config(config, run_dir / "config.yaml")
         _record_skipped(run_dir, skipped)
