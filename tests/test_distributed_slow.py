@@ -33,6 +33,7 @@ CIFAR_FOLDERS = Path("~/.cache/visionfit-dev/cifar10").expanduser()
 def environment() -> dict[str, str]:
     return {
         **os.environ,
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # as README says for torchrun --max-restarts
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE, os.environ.get("PYTHONPATH")])),
     }

@@ -35,6 +35,16 @@ T = TypeVar("T")
 Items = TypeVar("Items", bound=Sequence[Any])
 
 
+# torchrun keeps the addresses of a failed attempt's processes in the store it shares with the
+# next attempt, whose processes then connect to dead ports (pytorch/pytorch#135712, #167288).
+SHARE_STORE_VARIABLE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+SHARED_STORE_HINT = (
+    "the processes restarted by torchrun could not connect to each other; for torchrun "
+    f"--max-restarts set {SHARE_STORE_VARIABLE}=1 in torchrun's environment (`visionfit train "
+    "--nproc` does)"
+)
+
+
 def process_layout() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
     try:
@@ -91,7 +101,12 @@ def init_processes(timeout_minutes: float) -> bool:
         # One process per GPU: the local rank names this process's GPU before any CUDA work.
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    except RuntimeError as error:
+        if restart_count() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            raise UserError(f"{SHARED_STORE_HINT} ({str(error).splitlines()[0][:200]})") from None
+        raise
     return True
 
 
@@ -303,6 +318,7 @@ def launch(nproc: int, train_arguments: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    os.environ.setdefault(SHARE_STORE_VARIABLE, "1")  # a fresh store for each restart: see above
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of each process taking all
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
