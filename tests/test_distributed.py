@@ -24,12 +24,11 @@ from visionfit.distributed import (
     reduce_metric_sums,
     restart_resume,
     shard,
-    strip_nproc,
-    torchrun_arguments,
 )
 from visionfit.engine.checkpoint import load_checkpoint
 from visionfit.engine.metrics import MetricSums
 from visionfit.errors import UserError
+from visionfit.launch import strip_nproc, torchrun_arguments
 from visionfit.runtime import Runtime
 
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")

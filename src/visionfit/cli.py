@@ -121,7 +121,7 @@ def run_train(arguments: argparse.Namespace, command_line: list[str]) -> int:
     values.pop("command")
     nproc = values.pop("nproc", None)
     if nproc is not None and nproc != 1:
-        from visionfit.distributed import launch, strip_nproc
+        from visionfit.launch import launch, strip_nproc
 
         return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
     config_path = values.pop("config", None)

@@ -1,5 +1,5 @@
 """Several processes, GPUs or machines: torchrun's environment, the process group, the few
-collectives training needs, and the `--nproc N` launcher.
+collectives training needs (the `--nproc N` launcher is in `launch`).
 
 One process per device, started by `torchrun` (or by `visionfit train --nproc N`, which calls
 torchrun's own launcher). Every process runs the same `train(config)`; they differ only in their
@@ -283,51 +283,3 @@ def convert_sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     """BatchNorm layers that compute their statistics over the global batch instead of each rank's
     share (a no-op in one process; same state-dict keys, so checkpoints load into plain BatchNorm)."""
     return nn.SyncBatchNorm.convert_sync_batchnorm(model) if enabled else model
-
-
-def strip_nproc(arguments: Sequence[str]) -> list[str]:
-    """The command line without its `--nproc N` (or `--nproc=N`): what each launched process runs."""
-    kept: list[str] = []
-    skip_next = False
-    for argument in arguments:
-        if skip_next:
-            skip_next = False
-        elif argument == "--nproc":
-            skip_next = True
-        elif not argument.startswith("--nproc="):
-            kept.append(argument)
-    return kept
-
-
-def torchrun_arguments(nproc: int, train_arguments: Sequence[str]) -> list[str]:
-    """torchrun's command line for `nproc` processes on this machine running `visionfit train`.
-
-    `--standalone` makes torchrun pick a free local port for the rendezvous, so two jobs on one
-    machine do not collide.
-    """
-    return ["--standalone", "--nproc-per-node", str(nproc), "-m", "visionfit", "train", *train_arguments]
-
-
-def launch(nproc: int, train_arguments: Sequence[str]) -> int:
-    """Run `visionfit train` in `nproc` processes on this machine through torchrun's launcher and
-    return the job's exit status. A failed process ends the others; its own error is above."""
-    if "RANK" in os.environ:
-        raise UserError("--nproc starts torchrun for you; under torchrun (RANK is set) leave it out")
-    if nproc < 1:
-        raise UserError(f"--nproc must be at least 1, got {nproc}")
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    os.environ.setdefault(SHARE_STORE_VARIABLE, "1")  # a fresh store for each restart: see above
-    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of each process taking all
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
-    try:
-        run(parse_args(torchrun_arguments(nproc, train_arguments)))
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        raise UserError(
-            f"training process rank {rank} failed (exit code {failure.exitcode}; its messages are "
-            "above), so the job was stopped"
-        ) from None
-    return 0
