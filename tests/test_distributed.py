@@ -210,8 +210,7 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch, capfd):
     assert "2 processes; global batch 8 (4 per process)" in capfd.readouterr().out
 
 
-def test_nproc_with_a_batch_that_does_not_divide_fails_in_one_line(tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [SOURCE, os.environ.get("PYTHONPATH")])))
+def test_nproc_with_a_batch_that_does_not_divide_fails_before_starting_processes(tmp_path, capsys):
     code = main(
         [
             "train",
@@ -226,4 +225,8 @@ def test_nproc_with_a_batch_that_does_not_divide_fails_in_one_line(tmp_path, mon
         ]
     )
     assert code == 2
-    assert "must divide evenly over 2 processes" in capfd.readouterr().err
+    assert (
+        "--batch-size 9 is the global batch and must divide evenly over 2 processes"
+        in capsys.readouterr().err
+    )
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written

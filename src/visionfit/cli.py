@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR|auto",
         default=argparse.SUPPRESS,
         help="continue a run exactly where its last checkpoint left off (its own config applies; "
-        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan and "
-        "--clip-grad-norm may change); auto: the newest unfinished run with the same config in "
-        "--run-dir, or a new run when there is none",
+        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan, "
+        "--clip-grad-norm, --dist-timeout and the number of processes may change); auto: the "
+        "newest unfinished run with the same config in --run-dir, or a new run when there is none",
     )
     train.add_argument(
         "--nproc",
@@ -120,10 +120,6 @@ def run_train(arguments: argparse.Namespace, command_line: list[str]) -> int:
     values = vars(arguments).copy()
     values.pop("command")
     nproc = values.pop("nproc", None)
-    if nproc is not None and nproc != 1:
-        from visionfit.launch import launch, strip_nproc
-
-        return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
     config_path = values.pop("config", None)
     resume = values.pop("resume", None)
     if "model_args" in values:
@@ -136,6 +132,12 @@ def run_train(arguments: argparse.Namespace, command_line: list[str]) -> int:
             raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
     file_values = read_config_file(config_path) if config_path else {}
     config = build_config(file_values, values, file_name=str(config_path))
+    if nproc is not None and nproc != 1:  # options checked above, once, before starting N processes
+        from visionfit.distributed import check_global_batch
+        from visionfit.launch import launch, strip_nproc
+
+        check_global_batch(config.batch_size, max(1, nproc))
+        return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
     from visionfit.training import train
 
     train(config, resume=resume)

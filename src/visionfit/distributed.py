@@ -140,14 +140,18 @@ def restart_resume(resume: str | Path | None, config: TrainConfig) -> str | Path
     return target
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise UserError(
+            f"--batch-size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+
+
 def check_process_options(batch_size: int, sync_batchnorm: bool, runtime: Runtime) -> None:
     """Refuse, before anything is written, what several processes cannot do: a global batch that
     does not split evenly, or SyncBatchNorm on CPUs."""
-    if batch_size % runtime.world_size:
-        raise UserError(
-            f"--batch-size {batch_size} is the global batch and must divide evenly over "
-            f"{runtime.world_size} processes; use a multiple of {runtime.world_size}"
-        )
+    check_global_batch(batch_size, runtime.world_size)
     if sync_batchnorm and runtime.distributed and runtime.device.type == "cpu":
         raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
 
