@@ -98,9 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR|auto",
         default=argparse.SUPPRESS,
         help="continue a run exactly where its last checkpoint left off (its own config applies; "
-        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan and "
-        "--clip-grad-norm may change); auto: the newest unfinished run with the same config in "
-        "--run-dir, or a new run when there is none",
+        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan, "
+        "--clip-grad-norm, --dist-timeout and the number of processes may change); auto: the "
+        "newest unfinished run with the same config in --run-dir, or a new run when there is none",
+    )
+    train.add_argument(
+        "--nproc",
+        metavar="N",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="train in N processes on this machine (one per GPU, or CPU processes), started "
+        "through torchrun; --batch-size stays the global batch",
     )
     _add_train_options(train)
 
@@ -117,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(arguments: argparse.Namespace) -> int:
+def run_train(arguments: argparse.Namespace, command_line: list[str]) -> int:
     values = vars(arguments).copy()
     values.pop("command")
+    nproc = values.pop("nproc", None)
     config_path = values.pop("config", None)
     resume = values.pop("resume", None)
     if "model_args" in values:
@@ -132,6 +141,12 @@ def run_train(arguments: argparse.Namespace) -> int:
             raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
     file_values = read_config_file(config_path) if config_path else {}
     config = build_config(file_values, values, file_name=str(config_path))
+    if nproc is not None and nproc != 1:  # options checked above, once, before starting N processes
+        from visionfit.distributed import check_global_batch
+        from visionfit.launch import launch, strip_nproc
+
+        check_global_batch(config.batch_size, max(1, nproc))
+        return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
     from visionfit.training import train
 
     train(config, resume=resume)
@@ -201,13 +216,14 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(command_line)
     if arguments.command is None:
         parser.print_help()
         return 0
     try:
         if arguments.command == "train":
-            return run_train(arguments)
+            return run_train(arguments, command_line)
         if arguments.command == "models":
             return run_models(arguments.name)
         if arguments.command == "recipes":

@@ -89,7 +89,9 @@ class TrainConfig:
         "drop each epoch's ragged last training batch (keeps BatchNorm away from tiny batches)",
         "data",
     )
-    batch_size: int = option(64, "images per training step", "data")
+    batch_size: int = option(
+        64, "images per training step, over all processes together (each takes its share)", "data"
+    )
     eval_batch_size: int | None = option(None, "images per test batch (default: 2 x batch size)", "data")
     workers: int | None = option(
         None, "data loading processes (default: chosen per device and dataset)", "data"
@@ -221,6 +223,12 @@ class TrainConfig:
         False, "also keep one checkpoint per epoch (epoch_NNN), like the tutorial", "run"
     )
     tensorboard: bool = option(True, "write TensorBoard event files", "run")
+    sync_bn: bool = option(
+        False, "several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)", "run"
+    )
+    dist_timeout: float = option(
+        10.0, "several processes: minutes to wait for the others before ending the job", "run", metavar="M"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -398,6 +406,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--checkpoint-every-steps and --checkpoint-every-minutes must be 0 (off) or more")
     if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
         raise UserError(f"--clip-grad-norm must be positive, got {config.clip_grad_norm}")
+    if not config.dist_timeout > 0:
+        raise UserError(f"--dist-timeout must be a positive number of minutes, got {config.dist_timeout}")
     if config.log_every < 0:
         raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
     if not (math.isfinite(config.lr) and config.lr > 0):

@@ -1,4 +1,5 @@
-"""Where the computation runs: device choice, precision, seeding and (later) the process group.
+"""Where the computation runs: device choice, precision, seeding and the process layout (the
+process group itself is joined in `distributed`).
 
 Everything that differs between a laptop CPU, a GPU and a torchrun job is decided here once, so the
 loops only ever call `runtime.autocast()`, `runtime.to_device(...)` and read `runtime.is_main`.
@@ -138,7 +139,17 @@ def create_runtime(device: str = "auto", precision: str = "auto", channels_last:
     if channels_last not in ("auto", "on", "off"):
         raise UserError(f"--channels-last must be auto, on or off, got {channels_last!r}")
     layout = auto_channels_last(resolved) if channels_last == "auto" else channels_last == "on"
-    return Runtime(device=resolved, precision=precision, channels_last=layout)
+    from visionfit.distributed import joined_layout
+
+    rank, world_size, local_rank = joined_layout()
+    return Runtime(
+        device=resolved,
+        precision=precision,
+        channels_last=layout,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+    )
 
 
 def configure_determinism(enabled: bool) -> None:

@@ -26,8 +26,26 @@ from visionfit.data.loaders import (
 from visionfit.data.memory import build_memory_loaders, choose_data_path
 from visionfit.data.scan import find_bad_images, without
 from visionfit.data.transforms import Preprocess, build_eval_transform, build_train_transform
-from visionfit.engine.checkpoint import load_checkpoint_or_previous, save_checkpoint
-from visionfit.engine.events import RunEvents
+from visionfit.distributed import (
+    any_rank,
+    barrier,
+    broadcast_from_main,
+    check_process_options,
+    convert_sync_batchnorm,
+    count_across,
+    end_processes,
+    init_processes,
+    local_world_size,
+    lost_contact_message,
+    main_first,
+    quiet_unless_main,
+    reduce_metric_sums,
+    restart_resume,
+    sum_across,
+    wrap_model,
+)
+from visionfit.engine.checkpoint import Checkpoint, load_checkpoint_or_previous, save_checkpoint
+from visionfit.engine.events import NoEvents, RunEvents
 from visionfit.engine.loops import NonFiniteLossError, evaluate, train_steps
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimizer, create_scheduler
@@ -154,7 +172,8 @@ def _screen_images(data: DataSplits, policy: str) -> tuple[DataSplits, list[tupl
     """Decode-check every image file before training; stop with the list, or leave them out."""
     if not isinstance(data.train, FileSamples) or not isinstance(data.test, FileSamples):
         return data, []
-    bad = find_bad_images(data.train.paths + data.test.paths)
+    files = data.train.paths + data.test.paths
+    bad = broadcast_from_main(lambda: find_bad_images(files))  # one process decodes, all agree
     if not bad:
         return data, []
     if policy == "error":
@@ -215,15 +234,29 @@ def train(
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
         overrides["model"] = class_reference(instance)
-    config, resume_folder = _resolve_resume(config, resume, overrides)
+    requested = apply_overrides(config or TrainConfig(), overrides, "train() arguments")
+    started = init_processes(requested.dist_timeout)  # under torchrun: join the other processes
+    quiet_unless_main()
+    resume = restart_resume(resume, requested)
+    # Rank 0 alone looks for the run to resume, so that every rank continues the same one.
+    config, resume_folder = broadcast_from_main(lambda: _resolve_resume(config, resume, overrides))
     runtime = create_runtime(config.device, config.precision, config.channels_last)
+    check_process_options(config.batch_size, config.sync_bn, runtime)
+    if runtime.distributed and config.unfreeze_at:
+        raise UserError(
+            "--unfreeze-at cannot change which parameters train in a multi-process run "
+            "(DistributedDataParallel fixes them at the start); train the frozen and unfrozen "
+            "phases as two runs, the second with --weights from the first"
+        )
     configure_determinism(config.deterministic)
-    data = load_data(
-        config.dataset,
-        config.data_dir,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        notify=logger.info,
+    data = main_first(  # rank 0 downloads or unpacks first; the others then read its copy
+        lambda: load_data(
+            config.dataset,
+            config.data_dir,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            notify=logger.info,
+        )
     )
     config = apply_overrides(config, {"dataset": data.dataset}, "resolved dataset")
     data, skipped = _screen_images(data, config.bad_images)
@@ -249,6 +282,7 @@ def train(
     if instance is not None:
         remember_record(instance, ModelRecord(config.model, num_classes, source="instance"))
     check_model_fits(model, preprocess, num_classes, config.model)
+    model = convert_sync_batchnorm(model, config.sync_bn)
     model = runtime.prepare_model(model)
 
     train_loader, sampler, test_loader = _create_loaders(config, runtime, data, preprocess)
@@ -261,25 +295,39 @@ def train(
 
     state = TrainState()
     if resume_folder is None:
-        run_dir = create_run_folder(
-            config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
+        run_dir = broadcast_from_main(
+            lambda: create_run_folder(
+                config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
+            )
         )
     else:
         run_dir = resume_folder
         state = _restore(run_dir, data, model, optimizer, scheduler, scaler)
-    save_config(config, run_dir / "config.yaml")
-    _record_skipped(run_dir, skipped)
-    write_status(
-        run_dir,
-        status="running",
-        **({"started": _now()} if resume_folder is None else {"resumed": _now()}),
-        classes=data.classes,
-        dataset=data.description,
-    )
-    history = read_history(run_dir, state.epoch - 1)
+    if config.freeze != "none":
+        # Before DDP wraps the model: DDP syncs only the parameters that train when it is built.
+        set_backbone_frozen(
+            model, num_classes, backbone_frozen(config.freeze, config.unfreeze_at, state.epoch)
+        )
+    model = wrap_model(model, runtime)  # after restoring its weights
+    if runtime.is_main:  # only rank 0 writes the run folder
+        save_config(config, run_dir / "config.yaml")
+        _record_skipped(run_dir, skipped)
+        write_status(
+            run_dir,
+            status="running",
+            **({"started": _now()} if resume_folder is None else {"resumed": _now()}),
+            classes=data.classes,
+            dataset=data.description,
+            processes=runtime.world_size,
+        )
+    history = broadcast_from_main(lambda: read_history(run_dir, state.epoch - 1))
     # On resume, TensorBoard drops whatever the killed process logged after the checkpoint.
     purge_step = None if resume_folder is None else state.global_step + 1 if state.global_step else 0
-    events = RunEvents(run_dir, tensorboard=config.tensorboard, purge_step=purge_step)
+    events = (
+        RunEvents(run_dir, tensorboard=config.tensorboard, purge_step=purge_step)
+        if runtime.is_main
+        else NoEvents()
+    )
     session = Session(
         config,
         runtime,
@@ -303,21 +351,33 @@ def train(
         f"{', compiled' if config.compile else ''}, {'memory' if train_loader is sampler else 'loader'}"
         f" data path); run folder: {run_dir}"
     )
+    if runtime.distributed:
+        logger.info(
+            f"{runtime.world_size} processes; global batch {config.batch_size} "
+            f"({config.batch_size // runtime.world_size} per process)"
+        )
     if resume_folder is not None:
         logger.info(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.global_step})")
     try:
-        if state.global_step == 0:
+        if state.global_step == 0 and runtime.is_main:
             _log_examples(session)
         _fit(session, state, history)
     except NonFiniteLossError as error:
-        write_status(run_dir, status="failed", reason=f"non-finite loss at step {state.global_step + 1}")
+        if runtime.is_main:
+            write_status(run_dir, status="failed", reason=f"non-finite loss at step {state.global_step + 1}")
         events.close()
         raise UserError(_nonfinite_message(session, state, error)) from None
     except BaseException as error:
-        write_status(run_dir, status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        if runtime.is_main:
+            write_status(run_dir, status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         events.close()
+        lost = lost_contact_message(error, run_dir, config.dist_timeout)
+        if lost is not None:
+            raise UserError(lost) from None
         raise
-    return _finish(session, state, history)
+    result = _finish(session, state, history)
+    end_processes(started)
+    return result
 
 
 def _create_loaders(
@@ -339,9 +399,13 @@ def _create_loaders(
             device=runtime.device,
             channels_last=runtime.channels_last,
             notify=logger.info,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
         )
         return train_batches, train_batches, test_batches
-    workers = config.workers if config.workers is not None else default_workers(runtime.device, data.train)
+    workers = config.workers
+    if workers is None:
+        workers = default_workers(runtime.device, data.train, local_world_size())
     train_loader, sampler = build_train_loader(
         data.train,
         build_train_transform(preprocess, config.augment),
@@ -351,13 +415,17 @@ def _create_loaders(
         workers=workers,
         device=runtime.device,
         drop_last=config.drop_last,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
     )
     test_loader = build_eval_loader(
         data.test,
         build_eval_transform(preprocess),
-        batch_size=config.test_batch_size,
+        batch_size=max(1, config.test_batch_size // runtime.world_size),  # a global size too
         workers=workers,
         device=runtime.device,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
     )
     return train_loader, sampler, test_loader
 
@@ -382,12 +450,9 @@ def _restore(
 ) -> TrainState:
     """Load the run's last checkpoint into the fresh model and optimizer; a run killed before its
     first checkpoint starts over in its own folder."""
-    path = run_dir / "checkpoints" / LAST
-    for leftover in path.parent.glob(".*.tmp"):  # torn writes of a process killed mid-save
-        leftover.unlink(missing_ok=True)
-    if not path.is_file():
+    checkpoint = broadcast_from_main(lambda: _read_last(run_dir))  # rank 0 reads it for all
+    if checkpoint is None:
         return TrainState()
-    checkpoint = load_checkpoint_or_previous(path)
     saved_data = checkpoint.metadata.get("data", {})
     current = {"classes": data.classes, "train": len(data.train), "test": len(data.test)}
     if saved_data and saved_data != current:
@@ -400,6 +465,13 @@ def _restore(
     return restore_training_state(
         checkpoint.metadata["training"], checkpoint.extra_tensors, optimizer, scheduler, scaler
     )
+
+
+def _read_last(run_dir: Path) -> Checkpoint | None:
+    path = run_dir / "checkpoints" / LAST
+    for leftover in path.parent.glob(".*.tmp"):  # torn writes of a process killed mid-save
+        leftover.unlink(missing_ok=True)
+    return load_checkpoint_or_previous(path) if path.is_file() else None
 
 
 def _log_examples(session: Session) -> None:
@@ -423,14 +495,16 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
         epoch = state.epoch
         if config.freeze != "none":  # a function of the epoch alone, so a resumed run gets it right
             set_backbone_frozen(
-                session.model,
+                unwrap_model(session.model),
                 len(session.data.classes),
                 backbone_frozen(config.freeze, config.unfreeze_at, epoch),
             )
             if epoch == config.unfreeze_at:
                 logger.info(f"epoch {epoch}: unfreezing the backbone (--unfreeze-at {epoch})")
         session.sampler.set_epoch(epoch, start_batch=state.batch)
-        progress = EpochProgress(steps_in_epoch, f"epoch {epoch}/{config.epochs}")
+        progress = EpochProgress(
+            steps_in_epoch, f"epoch {epoch}/{config.epochs}", enabled=None if runtime.is_main else False
+        )
         progress.bar.update(state.batch)
         loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float32, device=runtime.device)
         started = time.perf_counter() - state.epoch_seconds
@@ -454,29 +528,31 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
                     f"epoch {epoch}/{config.epochs}  step {state.global_step}: skipped a batch "
                     f"whose loss is {output.loss.item()} (--on-nan skip)"
                 )
-            else:
-                loss_sum += output.loss * output.batch_size
-                state.epoch_samples += output.batch_size
+            else:  # sums over all processes: every rank keeps the global numbers
+                loss_sum += sum_across(output.loss * output.batch_size)
+                state.epoch_samples += count_across(output.batch_size)
             if config.log_every and state.global_step % config.log_every == 0 and not output.skipped:
-                loss, lr = output.loss.item(), optimizer.param_groups[0]["lr"]
+                loss = (sum_across(output.loss) / runtime.world_size).item()
+                lr = optimizer.param_groups[0]["lr"]
                 session.events.scalar("train/loss", loss, state.global_step)
                 session.events.scalar("train/lr", lr, state.global_step)
                 progress.line(
                     f"epoch {epoch}/{config.epochs}  step {state.global_step}  loss {loss:.4f}  lr {lr:.4g}"
                 )
             running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
-            progress.advance(output.batch_size, running)
+            progress.advance(output.batch_size * runtime.world_size, running)
             # The epoch's own checkpoint follows its last batch, after the evaluation.
             if state.batch < steps_in_epoch and _checkpoint_due(config, state, last_save):
                 state.epoch_loss_sum = loss_sum.item()
                 state.epoch_seconds = time.perf_counter() - started
-                _save_last(session, state, None)
+                if runtime.is_main:
+                    _save_last(session, state, None)
                 last_save = time.monotonic()
         progress.close()
         train_seconds = time.perf_counter() - started
-        report = evaluate(session.model, session.test_loader, runtime, len(session.data.classes)).report(
-            session.data.classes
-        )
+        # Each rank evaluates its share of the test set; the sums are added up over all ranks.
+        sums = evaluate(unwrap_model(session.model), session.test_loader, runtime, len(session.data.classes))
+        report = reduce_metric_sums(sums).report(session.data.classes)
         record = {
             "epoch": epoch,
             "step": state.global_step,
@@ -494,7 +570,9 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
         if is_best:
             state.best_accuracy, state.best_epoch = report["accuracy"], epoch
         state.finish_epoch()
-        _save_epoch_checkpoints(session, state, record, is_best)
+        if runtime.is_main:
+            _save_epoch_checkpoints(session, state, record, is_best)
+        barrier()  # the other ranks wait for rank 0's checkpoint
         last_save = time.monotonic()
         logger.info(
             f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  "
@@ -506,11 +584,10 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
 
 def _checkpoint_due(config: TrainConfig, state: TrainState, last_save: float) -> bool:
     by_steps = config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0
-    by_time = (
-        config.checkpoint_every_minutes
-        and time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes
-    )
-    return bool(by_steps or by_time)
+    if not config.checkpoint_every_minutes:
+        return bool(by_steps)
+    # Clocks differ between processes: all of them follow the one whose time is up first.
+    return any_rank(bool(by_steps) or time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes)
 
 
 def _metadata(session: Session, state: TrainState, record: dict[str, Any] | None) -> dict[str, Any]:
@@ -604,6 +681,8 @@ def _finish(session: Session, state: TrainState, history: list[dict[str, Any]]) 
         step=state.global_step,
     )
     session.events.close()
+    if not session.runtime.is_main:
+        return TrainResult(run_dir, session.data.classes, history, state.best_epoch)
     write_status(
         run_dir,
         status="finished",

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visionfit.data.cifar import ArraySamples
 from visionfit.data.folder import FileSamples
 from visionfit.data.images import open_rgb
+from visionfit.distributed import shard
 
 Samples = ArraySamples | FileSamples
 Transform = Callable[[Any, random.Random | None], torch.Tensor]
@@ -42,10 +43,20 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     The permutation of epoch e comes from a generator seeded with (seed, e), so any epoch can be
     replayed, and `set_epoch(e, start_batch=k)` continues a half-finished epoch at batch k.
+    `batch_size` is the global batch: with several processes, each yields only its `rank`'s share
+    of every batch (`distributed.shard`), so the data seen per step does not depend on their number.
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -54,6 +65,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         # Dropping the ragged last batch keeps BatchNorm away from one-image batches, but an epoch
         # must keep at least one batch even for a dataset smaller than the batch size.
         self.drop_last = drop_last and num_samples >= batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
 
@@ -64,7 +77,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def batches_per_epoch(self) -> int:
         if self.drop_last:
             return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+        # A ragged last batch too small to give every process an image is dropped.
+        ragged = self.num_samples % self.batch_size
+        return self.num_samples // self.batch_size + (ragged >= self.world_size)
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch() - self.start_batch)
@@ -72,7 +87,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle).tolist()
         for batch in range(self.start_batch, self.batches_per_epoch()):
-            indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            indices = shard(
+                order[batch * self.batch_size : (batch + 1) * self.batch_size], self.rank, self.world_size
+            )
             yield [(index, sample_seed(self.seed, self.epoch, index)) for index in indices]
 
 
@@ -101,10 +118,12 @@ class SampleDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.transform(image, random.Random(seed) if seed is not None else None), label
 
 
-def default_workers(device: torch.device, samples: Samples) -> int:
+def default_workers(device: torch.device, samples: Samples, processes: int = 1) -> int:
     """Loader processes: none for in-memory images on a CPU (workers would only compete with the
-    model for the same cores), otherwise up to 8, leaving one core for the main process."""
+    model for the same cores), otherwise up to 8, leaving one core for the main process; the
+    machine's cores are shared by the `processes` training processes running on it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = max(1, cores // processes)
     if device.type == "cpu" and isinstance(samples, ArraySamples):
         return 0
     return max(0, min(8, cores - 1))
@@ -128,8 +147,18 @@ def build_train_loader(
     workers: int,
     device: torch.device,
     drop_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader[Any], EpochBatchSampler]:
-    sampler = EpochBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler = EpochBatchSampler(
+        len(samples),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
+    )
     loader = DataLoader(
         SampleDataset(samples, transform),
         batch_sampler=sampler,
@@ -142,12 +171,21 @@ def build_train_loader(
 
 
 def build_eval_loader(
-    samples: Samples, transform: Transform, *, batch_size: int, workers: int, device: torch.device
+    samples: Samples,
+    transform: Transform,
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[Any]:
+    """Evaluation in file order; with several processes each takes its own share of the samples
+    (no padding, so that every sample is counted exactly once when the sums are added up)."""
     return DataLoader(
         SampleDataset(samples, transform),
         batch_size=batch_size,
-        shuffle=False,
+        sampler=shard(range(len(samples)), rank, world_size),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

@@ -104,3 +104,13 @@ class RunEvents:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class NoEvents(RunEvents):
+    """What every process but rank 0 gets: the same calls, nothing written."""
+
+    def __init__(self) -> None:
+        self.writer = None
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        pass

@@ -6,6 +6,7 @@ print, log or checkpoint between steps without hooks or callbacks reaching into 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionfit.distributed import all_finite
 from visionfit.engine.metrics import MetricSums
 from visionfit.runtime import Runtime
 
@@ -67,7 +69,13 @@ def train_steps(
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        problem = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+        # All ranks must agree, or one would skip the gradient exchange the others wait in.
+        problem = None
+        if not all_finite(loss):
+            local = loss.item()
+            problem = (
+                f"the loss is {local}" if not math.isfinite(local) else "another process's loss is not finite"
+            )
         if problem is None:
             scaler.scale(loss).backward()
             if clip_grad_norm is not None:

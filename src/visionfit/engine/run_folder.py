@@ -76,6 +76,7 @@ RESUMABLE_CHANGES = (
     "tensorboard",
     "on_nan",
     "clip_grad_norm",
+    "dist_timeout",
 )
 _NOT_COMPARED = (*RESUMABLE_CHANGES, "name", "run_dir")
 
