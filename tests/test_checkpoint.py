@@ -92,6 +92,27 @@ def test_pickles_are_refused_without_being_opened(tmp_path):
         load_checkpoint(raw)
 
 
+@pytest.mark.parametrize("opening", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_a_pickle_still_load(tmp_path, opening):
+    # The first eight bytes are the header length; some lengths start with a pickle's or a zip's magic.
+    model = create_model("cifar10-quick", 2)
+    path = tmp_path / "best.safetensors"
+    wanted = int.from_bytes(opening, "little")
+    modulus = 256 ** len(opening)
+    padding = 0
+    for _ in range(5):
+        metadata = checkpoint_metadata(
+            model_name="cifar10-quick", model_args={}, classes=["a" * padding, "b"], preprocess=PREPROCESS
+        )
+        save_checkpoint(path, model.state_dict(), metadata)
+        header_length = int.from_bytes(path.read_bytes()[:8], "little")
+        if header_length % modulus == wanted:
+            break
+        padding += (wanted - header_length) % modulus
+    assert path.read_bytes().startswith(opening)
+    assert load_checkpoint(path).classes == ["a" * padding, "b"]
+
+
 def test_run_folder_and_sidecar_paths_resolve_to_the_weights(saved, tmp_path):
     _, path = saved
     assert resolve_checkpoint_path(tmp_path) == path

@@ -174,9 +174,20 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    # A safetensors file opens with the little-endian length of its JSON header, then "{". Those
+    # eight length bytes can themselves start with 0x80 or "PK", so sniff the layout before pickles.
+    if len(head) < 9:
+        return False
+    header_length = int.from_bytes(head[:8], "little")
+    return 0 < header_length <= size - 8 and head[8:9] == b"{"
+
+
 def _refuse_foreign(path: Path) -> None:
     with open(path, "rb") as file:
-        head = file.read(8)
+        head = file.read(9)
+    if _looks_like_safetensors(head, path.stat().st_size):
+        return
     if head.startswith(b"PK") or head[:1] == b"\x80":
         raise UserError(
             f"{path} is a PyTorch pickle (torch.save), which can run code when loaded; "
