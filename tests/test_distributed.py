@@ -175,6 +175,10 @@ def _train_arguments(data: Path, run_dir: Path, name: str) -> list[str]:
         "0",
         "--checkpoint-every-steps",
         "2",
+        # fp32 everywhere: on CPUs with AVX512-BF16 `auto` picks bf16, whose rounding differs with
+        # the per-process batch and would hide what this compares.
+        "--precision",
+        "fp32",
         "--run-dir",
         str(run_dir),
         "--name",
