@@ -1,7 +1,8 @@
 """Throughput of `visionfit predict` on a folder of small images, after start-up.
 
 Copies the first N images (sorted) of an image folder tree into a temporary folder, writes a
-cifar10-quick checkpoint with random weights (throughput does not depend on the weights), then
+cifar10-quick checkpoint with random weights (throughput does not depend on the weights) unless
+`--checkpoint` names a trained one, then
 times the predictor's `predict_sources` over the folder (decoding, batching, inference, top-k),
 excluding interpreter start and checkpoint loading, which it reports separately.
 
@@ -34,22 +35,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--checkpoint", help="a trained checkpoint or run folder (default: random cifar10-quick weights)"
+    )
+    parser.add_argument("--no-test-time-flip", action="store_true", help="one forward pass per image")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         sources = expand_inputs([arguments.images])[: arguments.count]
         for index, source in enumerate(sources):
             shutil.copyfile(source, root / f"{index:05d}{Path(source).suffix}")
-        model = create_model("cifar10-quick", 10)
-        preprocess = Preprocess(32, CIFAR10_MEAN, CIFAR10_STD)
-        metadata = checkpoint_metadata(
-            model_name="cifar10-quick", model_args={}, classes=CIFAR10_CLASSES, preprocess=preprocess
-        )
-        save_checkpoint(root / "model.safetensors", model.state_dict(), metadata)
+        checkpoint = arguments.checkpoint
+        if checkpoint is None:
+            model = create_model("cifar10-quick", 10)
+            preprocess = Preprocess(32, CIFAR10_MEAN, CIFAR10_STD)
+            metadata = checkpoint_metadata(
+                model_name="cifar10-quick", model_args={}, classes=CIFAR10_CLASSES, preprocess=preprocess
+            )
+            checkpoint = root / "model.safetensors"
+            save_checkpoint(checkpoint, model.state_dict(), metadata)
         started = time.perf_counter()
-        predictor = load(root / "model.safetensors", device="cpu")
+        predictor = load(checkpoint, device="cpu", flip=False if arguments.no_test_time_flip else None)
         print(
-            f"checkpoint load: {time.perf_counter() - started:.3f} s; torch threads {torch.get_num_threads()}"
+            f"checkpoint load: {time.perf_counter() - started:.3f} s; "
+            f"torch threads {torch.get_num_threads()}; model {type(predictor.model).__name__}, "
+            f"precision {predictor.runtime.precision}, test-time flip {predictor.flip}"
         )
         files = expand_inputs([str(root)])
         rates = []

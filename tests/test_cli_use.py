@@ -69,6 +69,54 @@ def test_eval_prints_the_table_and_writes_the_report(trained, capsys):
     assert "train split" in capsys.readouterr().out
 
 
+def test_test_time_flip_reaches_eval_and_predict_through_the_checkpoint(tmp_path, capsys):
+    import visionfit
+
+    data = make_folder_dataset(tmp_path / "fruit", per_class=6, split=True)
+    arguments = ["--dataset", "folder", "--data-dir", str(data), "--epochs", "1", "--batch-size", "4"]
+    run = tmp_path / "runs" / "flip"
+    assert (
+        main(
+            [
+                "train",
+                *arguments,
+                "--workers",
+                "0",
+                "--test-time-flip",
+                "--run-dir",
+                str(run.parent),
+                "--name",
+                "flip",
+            ]
+        )
+        == 0
+    )
+    trained_report = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test"]
+    assert main(["eval", str(run), "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["loss"] == pytest.approx(trained_report["loss"], rel=1e-5)
+    assert metrics["confusion_matrix"] == trained_report["confusion_matrix"]
+
+    predictor = visionfit.load(run, device="cpu", precision="fp32")
+    assert predictor.flip
+    image = next((data / "val" / "apple").iterdir())
+    batch = predictor.batch_tensor([predictor.to_uint8(image)])
+    with torch.no_grad():
+        logits = (predictor.model(batch) + predictor.model(batch.flip(-1))) / 2
+    assert predictor.predict(image)[0][0][1] == pytest.approx(float(torch.softmax(logits, 1).max()), abs=1e-5)
+    assert not visionfit.load(run, device="cpu", flip=False).flip
+    capsys.readouterr()
+
+    assert main(["predict", str(run), str(image), "--json", "--precision", "fp32"]) == 0
+    with_flip = json.loads(capsys.readouterr().out)["probability"]
+    assert (
+        main(["predict", str(run), str(image), "--json", "--precision", "fp32", "--no-test-time-flip"]) == 0
+    )
+    without_flip = json.loads(capsys.readouterr().out)["probability"]
+    assert with_flip == pytest.approx(float(torch.softmax(logits, 1).max()), abs=1e-5)
+    assert with_flip != without_flip
+
+
 def test_eval_refuses_data_with_other_classes_in_one_line(trained, tmp_path, capsys):
     _, _, run = trained
     other = tmp_path / "other"

@@ -97,7 +97,7 @@ def test_imported_checkpoint_predicts_what_the_old_script_did(tutorial, tmp_path
     for index in range(12):
         paths.append(tmp_path / f"image{index}.png")
         make_image(paths[-1], (25 * index, 255 - 20 * index, 90), size=(32, 32), seed=index)
-    predictor = visionfit.load(new, device="cpu")
+    predictor = visionfit.load(new, device="cpu", precision="fp32")
     names = CIFAR_CLASSES.split(",")
     expected = [names[index] for index in old_script_classes(model, paths)]
     assert [top[0][0] for top in predictor.predict(paths)] == expected

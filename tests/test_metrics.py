@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from visionfit.engine.loops import evaluate
+from visionfit.engine.loops import classify, evaluate
 from visionfit.engine.metrics import MetricSums, classification_report, format_report
 from visionfit.runtime import Runtime
 
@@ -66,3 +68,27 @@ def test_text_table_lists_every_class_and_the_averages():
     text = format_report(classification_report(torch.eye(3, dtype=torch.int64), CLASSES), CLASSES)
     assert all(line in text for line in ("macro avg", "weighted avg", "accuracy"))
     assert len(text.splitlines()) == 1 + 3 + 1 + 2 + 1
+
+
+class LeftRight(torch.nn.Module):
+    """Class 0 when the left half of the image is brighter, class 1 when the right half is."""
+
+    def forward(self, images):
+        half = images.shape[-1] // 2
+        return torch.stack([images[..., :half].mean((1, 2, 3)), images[..., half:].mean((1, 2, 3))], dim=1)
+
+
+def test_flip_averages_each_images_logits_with_its_mirror_images():
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 4, 4)
+    model = LeftRight()
+    expected = (model(images) + model(images.flip(-1))) / 2
+    assert torch.equal(classify(model, images, flip=True), expected)
+    assert torch.equal(classify(model, images), model(images))
+    # LeftRight's mirrored logits are its logits swapped: the average carries no information
+    labels = model(images).argmax(1)
+    runtime = Runtime(device=torch.device("cpu"))
+    plain = evaluate(model, [(images, labels)], runtime, 2).report(CLASSES[:2])
+    flipped = evaluate(model, [(images, labels)], runtime, 2, flip=True).report(CLASSES[:2])
+    assert plain["accuracy"] == 1.0
+    assert flipped["loss"] == pytest.approx(math.log(2))

@@ -45,7 +45,7 @@ def expected_probabilities(model, preprocess, image):
 
 def test_predictor_uses_exactly_the_checkpoints_eval_transform(checkpoint, tmp_path):
     path, model, preprocess = checkpoint
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     assert predictor.preprocess == preprocess and predictor.classes == CLASSES
     images = []
     for index, size in enumerate([(32, 32), (50, 40), (17, 61)]):
@@ -60,11 +60,31 @@ def test_predictor_uses_exactly_the_checkpoints_eval_transform(checkpoint, tmp_p
         assert top[0][1] == pytest.approx(float(probabilities.max()), abs=1e-6)
 
 
+def test_precision_auto_follows_the_cpu_and_bf16_stays_close_to_fp32(checkpoint, tmp_path, monkeypatch):
+    import visionfit.runtime as runtime_module
+
+    path, model, _ = checkpoint
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: False)
+    assert visionfit.load(path, device="cpu").runtime.precision == "fp32"
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: True)
+    predictor = visionfit.load(path, device="cpu")
+    assert predictor.runtime.precision == "bf16"
+    images = []
+    for index in range(6):
+        make_image(tmp_path / f"{index}.png", (40 * index, 200 - 30 * index, 90), size=(32, 32), seed=index)
+        images.append(tmp_path / f"{index}.png")
+    batch = predictor.batch_tensor([predictor.to_uint8(image) for image in images])
+    reference = torch.softmax(model(batch), dim=1)
+    approximate = predictor.probabilities(batch)
+    assert not torch.equal(approximate, reference)  # really computed in bf16 ...
+    torch.testing.assert_close(approximate, reference, atol=0.02, rtol=0)  # ... and close to fp32
+
+
 def test_squash_preprocessing_from_the_checkpoint(tmp_path):
     preprocess = Preprocess(32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), resize_mode="squash")
     model = write_checkpoint(tmp_path / "m.safetensors", preprocess, seed=3)
     make_image(tmp_path / "wide.png", (30, 200, 30), size=(90, 20))
-    predictor = visionfit.load(tmp_path / "m.safetensors", device="cpu")
+    predictor = visionfit.load(tmp_path / "m.safetensors", device="cpu", precision="fp32")
     resized = predictor.to_uint8(tmp_path / "wide.png")
     assert resized.shape == (3, 32, 32)  # squashed, not cropped
     expected = expected_probabilities(model, preprocess, open_rgb(tmp_path / "wide.png"))
@@ -87,7 +107,7 @@ def test_every_image_mode_predicts_like_training_reads_it(checkpoint, tmp_path, 
     path, _, preprocess = checkpoint
     file = tmp_path / f"picture{extension}"
     Image.new(mode, (40, 36), color).save(file)
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     expected = EvalTransform(preprocess)(open_rgb(file))
     assert torch.equal(predictor.batch_tensor([predictor.to_uint8(file)])[0], expected)
     with Image.open(file) as opened:  # a PIL image of that mode, passed directly, gives the same input
@@ -103,7 +123,7 @@ def test_exif_orientation_is_applied_to_files_and_pil_images(checkpoint, tmp_pat
     exif[0x0112] = 6  # rotate 90° clockwise to display
     file = tmp_path / "rotated.jpg"
     image.save(file, exif=exif, quality=100)
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     expected = EvalTransform(preprocess)(open_rgb(file))
     assert open_rgb(file).size == (20, 40)
     with Image.open(file) as opened:
@@ -113,7 +133,7 @@ def test_exif_orientation_is_applied_to_files_and_pil_images(checkpoint, tmp_pat
 def test_tensors_uint8_and_float_give_the_same_prediction(checkpoint, tmp_path):
     path, *_ = checkpoint
     make_image(tmp_path / "a.png", (120, 40, 160), size=(32, 32))
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     uint8 = torch.from_numpy(np.array(open_rgb(tmp_path / "a.png"))).permute(2, 0, 1).contiguous()
     from_path = predictor.predict(tmp_path / "a.png", top_k=2)
     from_uint8 = predictor.predict(uint8, top_k=2)
@@ -129,7 +149,7 @@ def test_predict_sources_reports_unreadable_files_and_predicts_the_rest(checkpoi
     path, *_ = checkpoint
     make_image(tmp_path / "good.png", (220, 30, 30))
     (tmp_path / "text.jpg").write_text("not an image")
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     sources = [str(tmp_path / "good.png"), str(tmp_path / "text.jpg"), str(tmp_path / "missing.png")]
     rows = list(predictor.predict_sources(sources, top_k=2, batch_size=2))
     assert [row.source for row in rows] == sources
@@ -144,7 +164,7 @@ def test_stdin_is_read_as_one_image(checkpoint, tmp_path, monkeypatch):
     make_image(tmp_path / "a.png", (40, 200, 60))
     buffer = io.BytesIO((tmp_path / "a.png").read_bytes())
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(buffer))
-    predictor = visionfit.load(path, device="cpu")
+    predictor = visionfit.load(path, device="cpu", precision="fp32")
     (row,) = predictor.predict_sources([STDIN])
     assert row.top == predictor.predict(tmp_path / "a.png")[0]
 

@@ -36,6 +36,14 @@ def _positive(text: str) -> int:
     return value
 
 
+# Spelled out here rather than imported from visionfit.runtime, which imports torch: `--help` stays fast.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = (
+    "forward-pass precision (default: auto, as in train: bf16 on CPUs with AVX512-BF16 or AMX and "
+    "on GPUs that have it, fp16 on older GPUs, fp32 otherwise)"
+)
+
+
 def add_commands(commands: Any) -> None:
     """Add `eval`, `predict` and `import` to the CLI's subparsers."""
     evaluate = commands.add_parser(
@@ -58,6 +66,7 @@ def add_commands(commands: Any) -> None:
     evaluate.add_argument("--batch-size", type=_positive, default=256, help="(default: 256)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     evaluate.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+    evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=PRECISION_HELP)
 
     predict = commands.add_parser(
         "predict",
@@ -74,6 +83,14 @@ def add_commands(commands: Any) -> None:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     predict.add_argument(
         "--workers", type=_positive, default=None, help="decoding threads (default: cores, at most 8)"
+    )
+    predict.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=PRECISION_HELP)
+    predict.add_argument(
+        "--test-time-flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image's prediction with its mirror image's, at twice the model time "
+        "(default: as the checkpoint's training tested)",
     )
 
     importer = commands.add_parser(
@@ -110,6 +127,7 @@ def run_eval(arguments: argparse.Namespace) -> int:
         batch_size=arguments.batch_size,
         device=arguments.device,
         workers=arguments.workers,
+        precision=arguments.precision,
     )
     print(f"{result.checkpoint} on the {result.description}")
     print(format_report(result.report, result.classes))
@@ -133,7 +151,12 @@ def run_predict(arguments: argparse.Namespace) -> int:
     from visionfit.prediction import expand_inputs, load, prediction_record
 
     sources = expand_inputs(arguments.inputs)
-    predictor = load(arguments.checkpoint, device=arguments.device)
+    predictor = load(
+        arguments.checkpoint,
+        device=arguments.device,
+        precision=arguments.precision,
+        flip=arguments.test_time_flip,
+    )
     predictions = list(
         predictor.predict_sources(
             sources, top_k=arguments.top_k, batch_size=arguments.batch_size, threads=arguments.workers

@@ -104,6 +104,12 @@ class TrainConfig:
         "data",
         choices=("auto", "memory", "loader"),
     )
+    test_time_flip: bool = option(
+        False,
+        "test on each image and its mirror image and average the two predictions (twice the "
+        "test time); eval and predict with the checkpoint do the same",
+        "data",
+    )
     bad_images: str = option(
         "error",
         "unreadable image files found by the scan before training: error (list them and stop) or "

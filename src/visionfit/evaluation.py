@@ -24,6 +24,7 @@ from visionfit.data.images import open_rgb
 from visionfit.data.loaders import build_eval_loader
 from visionfit.data.transforms import EvalTransform, Preprocess, build_eval_transform
 from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.loops import classify
 from visionfit.engine.metrics import MetricSums
 from visionfit.errors import UserError
 from visionfit.plots import MISTAKES_SHOWN, Mistake, confusion_matrix_figure, mistakes_figure, save_figures
@@ -51,7 +52,12 @@ class Predictions:
 
 @torch.inference_mode()
 def predict_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime, num_classes: int
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    num_classes: int,
+    *,
+    flip: bool = False,
 ) -> Predictions:
     """`engine.loops.evaluate` that also keeps each sample's prediction (for the mistakes grid)."""
     model.eval()
@@ -60,7 +66,7 @@ def predict_batches(
     for images, labels in batches:
         images, labels = runtime.to_device(images), runtime.to_device(labels)
         with runtime.autocast():
-            logits = model(images)
+            logits = classify(model, images, flip=flip)
         logits = logits.float()
         sums.update(logits, labels, float(F.cross_entropy(logits, labels, reduction="sum")))
         probability, index = torch.softmax(logits, dim=1).max(dim=1)
@@ -147,6 +153,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     device: str = "auto",
     workers: int = 0,
+    precision: str = "auto",
 ) -> EvalResult:
     """Evaluate a checkpoint on a split of a dataset.
 
@@ -168,7 +175,7 @@ def evaluate_checkpoint(
     check_classes(data.classes, loaded.classes, data.description)
     samples, split_name = _select_split(data, split)
     preprocess = Preprocess.from_dict(loaded.metadata["preprocess"])
-    runtime = create_runtime(device)
+    runtime = create_runtime(device, precision)
     model = build_model(loaded).to(runtime.device)
     loader = build_eval_loader(
         samples,
@@ -177,7 +184,9 @@ def evaluate_checkpoint(
         workers=workers,
         device=runtime.device,
     )
-    predictions = predict_batches(model, loader, runtime, len(loaded.classes))
+    # as training tested it, so that eval repeats the epoch's numbers
+    flip = bool(config.get("test_time_flip", False))
+    predictions = predict_batches(model, loader, runtime, len(loaded.classes), flip=flip)
     report = predictions.sums.report(loaded.classes)
     mistakes = collect_mistakes(predictions, samples, loaded.classes, preprocess)
     description = f"{split_name} of {data.description}"

@@ -53,7 +53,7 @@ RECIPES = _recipes(
         name="fast",
         description="time-to-accuracy on CIFAR-sized (32x32) data, the default there: the airnet "
         "BatchNorm CNN, batch 512, Nesterov SGD with a warm-up and cosine decay, label smoothing, "
-        "pad-crop and flip augmentation",
+        "pad-crop and flip augmentation, flip test-time augmentation",
         values={
             "model": "airnet",
             "optimizer": "sgd",
@@ -70,6 +70,7 @@ RECIPES = _recipes(
             "augment": True,
             "shuffle": True,
             "drop_last": True,
+            "test_time_flip": True,
         },
     ),
 )

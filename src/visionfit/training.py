@@ -551,7 +551,13 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
         progress.close()
         train_seconds = time.perf_counter() - started
         # Each rank evaluates its share of the test set; the sums are added up over all ranks.
-        sums = evaluate(unwrap_model(session.model), session.test_loader, runtime, len(session.data.classes))
+        sums = evaluate(
+            unwrap_model(session.model),
+            session.test_loader,
+            runtime,
+            len(session.data.classes),
+            flip=config.test_time_flip,
+        )
         report = reduce_metric_sums(sums).report(session.data.classes)
         record = {
             "epoch": epoch,

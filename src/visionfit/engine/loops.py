@@ -96,15 +96,26 @@ def train_steps(
         yield StepOutput(loss=loss.detach(), batch_size=int(targets.shape[0]))
 
 
+def classify(model: nn.Module, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+    """The model's logits for `images`; with `flip`, the mean of the logits of each image and its
+    mirror image (test-time augmentation: the mirror is as likely a picture as the original)."""
+    logits = model(images)
+    if flip:
+        logits = (logits + model(images.flip(-1))) / 2
+    return logits
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[Batch], runtime: Runtime, num_classes: int) -> MetricSums:
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], runtime: Runtime, num_classes: int, *, flip: bool = False
+) -> MetricSums:
     """Run the model over every batch in eval mode and sum loss, hits and the confusion matrix."""
     model.eval()
     sums = MetricSums(num_classes)
     for images, targets in batches:
         images, targets = runtime.to_device(images), runtime.to_device(targets)
         with runtime.autocast():
-            logits = model(images)
+            logits = classify(model, images, flip=flip)
         logits = logits.float()
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
         sums.update(logits, targets, float(loss_sum))
