@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 
 from visionfit.config import TrainConfig, apply_overrides, build_config, read_config_file, save_config
 from visionfit.errors import UserError
@@ -126,3 +127,24 @@ def test_apply_overrides_accepts_dashes_and_returns_a_copy():
     base = TrainConfig()
     changed = apply_overrides(base, {"batch-size": 8}, "test")
     assert changed.batch_size == 8 and base.batch_size == 64
+
+
+def test_the_python_api_applies_a_recipe_like_the_cli(folder_dataset, tmp_path):
+    import visionfit
+
+    result = visionfit.train(
+        recipe="tutorial",
+        dataset="folder",
+        data_dir=str(folder_dataset),
+        epochs=1,
+        workers=0,
+        run_dir=str(tmp_path / "runs"),
+        name="api",
+        tensorboard=False,
+    )
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    # the tutorial recipe's own values, not the plain defaults (momentum 0.9, augmentation on)
+    assert saved["recipe"] == "tutorial" and saved["momentum"] == 0.0 and saved["augment"] is False
+    assert saved["epochs"] == 1  # an argument still beats the recipe
+    with pytest.raises(UserError, match="unknown option 'epoch' in train\\(\\) arguments"):
+        visionfit.train(epoch=3)

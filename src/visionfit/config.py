@@ -347,6 +347,7 @@ def build_config(
     flag_values: dict[str, Any] | None = None,
     *,
     file_name: str = "config file",
+    flags_name: str = "command-line flags",
 ) -> TrainConfig:
     """Layer defaults → recipe → config file → flags, then validate.
 
@@ -366,7 +367,7 @@ def build_config(
             )
         config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
     config = apply_overrides(config, file_values, file_name)
-    config = apply_overrides(config, flag_values, "command-line flags")
+    config = apply_overrides(config, flag_values, flags_name)
     validate(config)
     return config
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionfit.config import TrainConfig, apply_overrides, save_config, validate
+from visionfit.config import TrainConfig, apply_overrides, build_config, save_config, validate
 from visionfit.console import EpochProgress, logger, setup_logging
 from visionfit.data import DataSplits, FileSamples, load_data
 from visionfit.data.loaders import (
@@ -191,13 +191,22 @@ def _screen_images(data: DataSplits, policy: str) -> tuple[DataSplits, list[tupl
     return screened, bad
 
 
+def _requested_config(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    """`config` with `overrides`; without a config, built as the CLI builds it, so that a `recipe=`
+    argument (or CIFAR-sized data without a model) brings the recipe's defaults."""
+    if config is None:
+        return build_config(flag_values=overrides, flags_name="train() arguments")
+    config = apply_overrides(config, overrides, "train() arguments")
+    validate(config)
+    return config
+
+
 def _resolve_resume(
     config: TrainConfig | None, resume: str | Path | None, overrides: dict[str, Any]
 ) -> tuple[TrainConfig, Path | None]:
     """The config to train with and, when resuming, the run folder to continue."""
     if resume is None or str(resume) == "auto":
-        config = apply_overrides(config or TrainConfig(), overrides, "train() arguments")
-        validate(config)
+        config = _requested_config(config, overrides)
         if resume is None:
             return config, None
         folder = find_resumable_run(config.run_dir, config)
@@ -234,7 +243,7 @@ def train(
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
         overrides["model"] = class_reference(instance)
-    requested = apply_overrides(config or TrainConfig(), overrides, "train() arguments")
+    requested = _requested_config(config, overrides)
     started = init_processes(requested.dist_timeout)  # under torchrun: join the other processes
     quiet_unless_main()
     resume = restart_resume(resume, requested)
