@@ -148,3 +148,34 @@ def test_the_python_api_applies_a_recipe_like_the_cli(folder_dataset, tmp_path):
     assert saved["epochs"] == 1  # an argument still beats the recipe
     with pytest.raises(UserError, match="unknown option 'epoch' in train\\(\\) arguments"):
         visionfit.train(epoch=3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"low_res_epochs": -1}, "--low-res-epochs must be 0"),
+        ({"low_res_epochs": 3, "low_res_size": 4}, "--low-res-size must be at least 8"),
+    ],
+)
+def test_low_res_values_are_checked(flags, message):
+    with pytest.raises(UserError, match=message):
+        build_config(flag_values=flags)
+
+
+def test_low_res_needs_the_memory_path_and_a_smaller_size(folder_dataset, tmp_path, capsys):
+    from visionfit.cli import main
+
+    common = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder_dataset),
+        "--run-dir",
+        str(tmp_path / "runs"),
+    ]
+    assert main([*common, "--data-path", "loader", "--low-res-epochs", "2", "--workers", "0"]) == 2
+    assert "--low-res-epochs needs the memory data path" in capsys.readouterr().err
+    assert main([*common, "--low-res-epochs", "2", "--low-res-size", "32"]) == 2
+    assert "--low-res-size 32 must be smaller than the input size 32" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made

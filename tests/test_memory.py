@@ -171,3 +171,23 @@ def test_choosing_the_data_path(monkeypatch):
         choose_data_path("memory", big, big, large_input)
     monkeypatch.setattr(memory, "MEMORY_BUDGET_BYTES", 10)
     assert choose_data_path("auto", small, small, PREPROCESS) == "loader"
+
+
+def test_low_res_epochs_train_on_scaled_down_batches_then_on_full_size_ones():
+    samples = random_samples()
+    full = memory_batches(samples)
+    low = memory_batches(samples, low_res_size=24, low_res_epochs=2, channels_last=True)
+    for epoch in (1, 2, 3):
+        full.set_epoch(epoch)
+        low.set_epoch(epoch)
+        for (expected, labels), (images, low_labels) in zip(full, low, strict=True):
+            assert torch.equal(labels, low_labels)  # the same images, cropped and flipped alike
+            if epoch <= 2:
+                assert images.shape[-2:] == (24, 24)
+                assert images.is_contiguous(memory_format=torch.channels_last)
+                scaled = torch.nn.functional.interpolate(
+                    expected, size=(24, 24), mode="bilinear", antialias=True, align_corners=False
+                )
+                torch.testing.assert_close(images, scaled)
+            else:
+                torch.testing.assert_close(images, expected)

@@ -104,6 +104,16 @@ class TrainConfig:
         "data",
         choices=("auto", "memory", "loader"),
     )
+    low_res_epochs: int = option(
+        0,
+        "memory data path: train the first N epochs on images scaled down to --low-res-size, at "
+        "about (low-res-size / input-size)^2 of the compute per epoch; testing stays at full size",
+        "data",
+        metavar="N",
+    )
+    low_res_size: int | None = option(
+        None, "image side for --low-res-epochs (default: 3/4 of the input size)", "data", metavar="PX"
+    )
     test_time_flip: bool = option(
         False,
         "test on each image and its mirror image and average the two predictions (twice the "
@@ -407,6 +417,10 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--eval-batch-size must be at least 1, got {config.eval_batch_size}")
     if config.input_size is not None and not 8 <= config.input_size <= 4096:
         raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
+    if config.low_res_epochs < 0:
+        raise UserError(f"--low-res-epochs must be 0 (off) or more, got {config.low_res_epochs}")
+    if config.low_res_size is not None and config.low_res_size < 8:
+        raise UserError(f"--low-res-size must be at least 8 pixels, got {config.low_res_size}")
     if config.workers is not None and config.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {config.workers}")
     if config.checkpoint_every_steps < 0 or config.checkpoint_every_minutes < 0:

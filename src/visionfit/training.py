@@ -395,6 +395,11 @@ def _create_loaders(
     """Training batches, the sampler the epoch loop positions, and test batches: the in-memory
     path when the data fit (`--data-path`), otherwise per-sample DataLoaders."""
     if choose_data_path(config.data_path, data.train, data.test, preprocess) == "memory":
+        low_res_size = config.low_res_size or preprocess.input_size * 3 // 4
+        if config.low_res_epochs and low_res_size >= preprocess.input_size:
+            raise UserError(
+                f"--low-res-size {low_res_size} must be smaller than the input size {preprocess.input_size}"
+            )
         train_batches, test_batches = build_memory_loaders(
             data.train,
             data.test,
@@ -410,8 +415,15 @@ def _create_loaders(
             notify=logger.info,
             rank=runtime.rank,
             world_size=runtime.world_size,
+            low_res_size=low_res_size,
+            low_res_epochs=config.low_res_epochs,
         )
         return train_batches, train_batches, test_batches
+    if config.low_res_epochs:
+        raise UserError(
+            "--low-res-epochs needs the memory data path (--data-path auto or memory, for pictures of "
+            "at most 64 px that fit in 2 GiB); drop --low-res-epochs to use the loader path"
+        )
     workers = config.workers
     if workers is None:
         workers = default_workers(runtime.device, data.train, local_world_size())

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from visionfit.data.cifar import ArraySamples, cache_dir
@@ -162,6 +163,8 @@ class MemoryBatches:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        low_res_size: int | None = None,
+        low_res_epochs: int = 0,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
@@ -181,6 +184,8 @@ class MemoryBatches:
         # (x / 255 - mean) / std as one multiply-add, on NCHW where the broadcast is cheap
         self.scale = 1 / (255 * std)
         self.shift = -torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) / std
+        self.low_res_size = low_res_size
+        self.low_res_epochs = low_res_epochs
         self.epoch = 0
         self.start_batch = 0
 
@@ -209,6 +214,7 @@ class MemoryBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(len(self.labels), self.seed, self.epoch, self.shuffle).to(self.device)
         tops, lefts, flips = self._augmentation() if self.augment else (None, None, None)
+        low_res = self.low_res_size if self.epoch <= self.low_res_epochs else None
         for batch in range(self.start_batch, self.batches_per_epoch()):
             # `batch_size` is the global batch; each process takes its share of every batch.
             positions = shard(
@@ -220,10 +226,14 @@ class MemoryBatches:
             images = self.images[indices]
             if tops is not None and lefts is not None and flips is not None:
                 images = crop_and_flip(images, self.size, tops[positions], lefts[positions], flips[positions])
-            yield self.normalise(images), self.labels[indices]
+            yield self.normalise(images, low_res), self.labels[indices]
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+    def normalise(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         images = torch.addcmul(self.shift, images.float(), self.scale)
+        if size is not None:  # antialiased, so the small images look like smaller photos, not aliased ones
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
@@ -304,6 +314,8 @@ def build_memory_loaders(
     notify: Callable[[str], None] = print,
     rank: int = 0,
     world_size: int = 1,
+    low_res_size: int | None = None,
+    low_res_epochs: int = 0,
 ) -> tuple[MemoryBatches, MemoryEvalBatches]:
     """The training batches (also the loop's sampler) and the test batches of the memory path."""
     train_batches = MemoryBatches(
@@ -319,6 +331,8 @@ def build_memory_loaders(
         channels_last=channels_last,
         rank=rank,
         world_size=world_size,
+        low_res_size=low_res_size,
+        low_res_epochs=low_res_epochs,
     )
     test_batches = MemoryEvalBatches(
         load_images(test, preprocess, notify),
