@@ -185,8 +185,7 @@ def evaluate_checkpoint(
         device=runtime.device,
     )
     # as training tested it, so that eval repeats the epoch's numbers
-    flip = bool(config.get("test_time_flip", False))
-    predictions = predict_batches(model, loader, runtime, len(loaded.classes), flip=flip)
+    predictions = predict_batches(model, loader, runtime, len(loaded.classes), flip=loaded.test_time_flip)
     report = predictions.sums.report(loaded.classes)
     mistakes = collect_mistakes(predictions, samples, loaded.classes, preprocess)
     description = f"{split_name} of {data.description}"

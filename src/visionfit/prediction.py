@@ -176,8 +176,6 @@ def load(
     loaded = load_checkpoint(checkpoint, device="cpu")
     model = build_model(loaded)
     preprocess = Preprocess.from_dict(loaded.metadata["preprocess"])
-    if flip is None:
-        flip = bool(loaded.metadata.get("config", {}).get("test_time_flip", False))
     runtime = create_runtime(device, precision)
     return Predictor(
         model,
@@ -185,7 +183,7 @@ def load(
         preprocess,
         runtime.device,
         checkpoint_path=loaded.path,
-        flip=flip,
+        flip=loaded.test_time_flip if flip is None else flip,
         precision=runtime.precision,
     )
 

@@ -395,8 +395,10 @@ def _create_loaders(
     """Training batches, the sampler the epoch loop positions, and test batches: the in-memory
     path when the data fit (`--data-path`), otherwise per-sample DataLoaders."""
     if choose_data_path(config.data_path, data.train, data.test, preprocess) == "memory":
-        low_res_size = config.low_res_size or preprocess.input_size * 3 // 4
-        if config.low_res_epochs and low_res_size >= preprocess.input_size:
+        low_res_size = (
+            (config.low_res_size or preprocess.input_size * 3 // 4) if config.low_res_epochs else None
+        )
+        if low_res_size is not None and low_res_size >= preprocess.input_size:
             raise UserError(
                 f"--low-res-size {low_res_size} must be smaller than the input size {preprocess.input_size}"
             )

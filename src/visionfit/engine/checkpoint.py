@@ -45,6 +45,11 @@ class Checkpoint:
     def classes(self) -> list[str]:
         return list(self.metadata["classes"])
 
+    @property
+    def test_time_flip(self) -> bool:
+        """Whether training tested with flip test-time augmentation (imported checkpoints: no)."""
+        return bool(self.metadata.get("config", {}).get("test_time_flip", False))
+
 
 def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
     """SHA-256 over every tensor (name, dtype, shape, bytes) and the metadata without its hash."""
