@@ -8,9 +8,11 @@ loops only ever call `runtime.autocast()`, `runtime.to_device(...)` and read `ru
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +129,29 @@ def auto_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default every allocation above 128 KiB-32 MiB is a fresh mmap and every free an munmap, so
+    each training step of a CPU run faults its activations' pages in again: about 100,000 page
+    faults a second and a third of the CPU time in the kernel for airnet at batch 512
+    (benchmarks/RESULTS.md). Serving big blocks from the heap and never trimming it removes that;
+    the process keeps its peak memory instead of returning it between steps. Returns whether it
+    applied (glibc on Linux only; elsewhere nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def create_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto") -> Runtime:
     """Pick the device, then the precision and memory layout for it (or check the requested ones)."""
     resolved = resolve_device(device)
@@ -139,6 +164,8 @@ def create_runtime(device: str = "auto", precision: str = "auto", channels_last:
     if channels_last not in ("auto", "on", "off"):
         raise UserError(f"--channels-last must be auto, on or off, got {channels_last!r}")
     layout = auto_channels_last(resolved) if channels_last == "auto" else channels_last == "on"
+    if resolved.type == "cpu":
+        keep_freed_memory()
     from visionfit.distributed import joined_layout
 
     rank, world_size, local_rank = joined_layout()
