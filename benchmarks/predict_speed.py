@@ -38,7 +38,10 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", help="a trained checkpoint or run folder (default: random cifar10-quick weights)"
     )
-    parser.add_argument("--no-test-time-flip", action="store_true", help="one forward pass per image")
+    parser.add_argument("--no-test-time-flip", action="store_true", help="no mirror-image pass")
+    parser.add_argument(
+        "--test-time-shift", type=int, default=None, help="shifted copies (default: as the checkpoint)"
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -55,11 +58,17 @@ def main() -> None:
             checkpoint = root / "model.safetensors"
             save_checkpoint(checkpoint, model.state_dict(), metadata)
         started = time.perf_counter()
-        predictor = load(checkpoint, device="cpu", flip=False if arguments.no_test_time_flip else None)
+        predictor = load(
+            checkpoint,
+            device="cpu",
+            flip=False if arguments.no_test_time_flip else None,
+            shift=arguments.test_time_shift,
+        )
         print(
             f"checkpoint load: {time.perf_counter() - started:.3f} s; "
             f"torch threads {torch.get_num_threads()}; model {type(predictor.model).__name__}, "
-            f"precision {predictor.runtime.precision}, test-time flip {predictor.flip}"
+            f"precision {predictor.runtime.precision}, "
+            f"test-time flip {predictor.flip}, shift {predictor.shift}"
         )
         files = expand_inputs([str(root)])
         rates = []

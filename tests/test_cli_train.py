@@ -103,6 +103,45 @@ def test_keep_every_epoch_keeps_the_tutorials_per_epoch_files(capsys, folder_dat
     assert not list((tmp_path / "r").glob("events.out.tfevents*"))
 
 
+def test_test_every_skips_tests_but_always_tests_the_last_epoch(capsys, folder_dataset, tmp_path):
+    code, out, err = run_train(
+        capsys,
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder_dataset),
+        "--epochs",
+        "3",
+        "--test-every",
+        "2",
+        "--keep-every-epoch",
+        "--run-dir",
+        str(tmp_path),
+        "--name",
+        "t",
+        *FAST,
+    )
+    assert code == 0, err
+    run = tmp_path / "t"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["test"] is None for record in records] == [True, False, False]  # epochs 2 and 3
+    assert out.count("train loss") == 3 and out.count("test acc ") == 2
+    epoch_one = load_checkpoint(run / "checkpoints" / "epoch_001.safetensors").metadata["metrics"]
+    assert set(epoch_one) == {"train_loss"}
+    best = load_checkpoint(run / "checkpoints" / "best.safetensors").metadata
+    assert best["epoch"] in (2, 3) and best["metrics"]["test_accuracy"] == max(
+        record["test"]["accuracy"] for record in records[1:]
+    )
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("test/accuracy")) == 2 and len(events.Scalars("epoch")) == 3
+    assert (run / "curves.png").is_file()
+    code, _, err = run_train(
+        capsys, "--dataset", "folder", "--data-dir", str(folder_dataset), "--test-every", "0"
+    )
+    assert code == 2 and "--test-every must be at least 1" in err
+
+
 def test_config_file_and_saved_config_reproduce_the_run(capsys, folder_dataset, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_folder_dataset
 from visionfit.cli import main
+from visionfit.engine.loops import classify
 from visionfit.engine.metrics import MetricSums
 from visionfit.errors import UserError
 from visionfit.evaluation import Predictions, check_classes, format_confusion
@@ -69,7 +70,7 @@ def test_eval_prints_the_table_and_writes_the_report(trained, capsys):
     assert "train split" in capsys.readouterr().out
 
 
-def test_test_time_flip_reaches_eval_and_predict_through_the_checkpoint(tmp_path, capsys):
+def test_test_time_flip_and_shift_reach_eval_and_predict_through_the_checkpoint(tmp_path, capsys):
     import visionfit
 
     data = make_folder_dataset(tmp_path / "fruit", per_class=6, split=True)
@@ -83,6 +84,8 @@ def test_test_time_flip_reaches_eval_and_predict_through_the_checkpoint(tmp_path
                 "--workers",
                 "0",
                 "--test-time-flip",
+                "--test-time-shift",
+                "1",
                 "--run-dir",
                 str(run.parent),
                 "--name",
@@ -98,14 +101,22 @@ def test_test_time_flip_reaches_eval_and_predict_through_the_checkpoint(tmp_path
     assert metrics["confusion_matrix"] == trained_report["confusion_matrix"]
 
     predictor = visionfit.load(run, device="cpu", precision="fp32")
-    assert predictor.flip
+    assert predictor.flip and predictor.shift == 1
     image = next((data / "val" / "apple").iterdir())
     batch = predictor.batch_tensor([predictor.to_uint8(image)])
     with torch.no_grad():
-        logits = (predictor.model(batch) + predictor.model(batch.flip(-1))) / 2
+        logits = classify(predictor.model, batch, flip=True, shift=1)
+        flip_only = classify(predictor.model, batch, flip=True)
     assert predictor.predict(image)[0][0][1] == pytest.approx(float(torch.softmax(logits, 1).max()), abs=1e-5)
     assert not visionfit.load(run, device="cpu", flip=False).flip
+    assert visionfit.load(run, device="cpu", shift=0).shift == 0
     capsys.readouterr()
+    assert (
+        main(["predict", str(run), str(image), "--json", "--precision", "fp32", "--test-time-shift", "0"])
+        == 0
+    )
+    without_shift = json.loads(capsys.readouterr().out)["probability"]
+    assert without_shift == pytest.approx(float(torch.softmax(flip_only, 1).max()), abs=1e-5)
 
     assert main(["predict", str(run), str(image), "--json", "--precision", "fp32"]) == 0
     with_flip = json.loads(capsys.readouterr().out)["probability"]

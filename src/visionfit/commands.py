@@ -26,6 +26,18 @@ def _float_triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _shift(text: str) -> int:
+    from visionfit.config import MAX_TEST_TIME_SHIFT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_TEST_TIME_SHIFT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TEST_TIME_SHIFT}, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -92,6 +104,14 @@ def add_commands(commands: Any) -> None:
         help="average each image's prediction with its mirror image's, at twice the model time "
         "(default: as the checkpoint's training tested)",
     )
+    predict.add_argument(
+        "--test-time-shift",
+        type=_shift,
+        default=None,
+        metavar="PX",
+        help="also classify each image moved PX pixels up-left and down-right, at three times the "
+        "model time; 0: off (default: as the checkpoint's training tested)",
+    )
 
     importer = commands.add_parser(
         "import",
@@ -156,6 +176,7 @@ def run_predict(arguments: argparse.Namespace) -> int:
         device=arguments.device,
         precision=arguments.precision,
         flip=arguments.test_time_flip,
+        shift=arguments.test_time_shift,
     )
     predictions = list(
         predictor.predict_sources(

@@ -26,6 +26,8 @@ else:  # pragma: no cover
 from visionfit.recipes import RECIPES, SMALL_IMAGE_RECIPE, recipe_names
 
 DATASETS = ("cifar10", "cifar10-sample", "folder")
+# Reflect padding needs the shift below the smallest input side (--input-size 8).
+MAX_TEST_TIME_SHIFT = 4
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
 
 
@@ -113,6 +115,21 @@ class TrainConfig:
     )
     low_res_size: int | None = option(
         None, "image side for --low-res-epochs (default: 3/4 of the input size)", "data", metavar="PX"
+    )
+    test_every: int = option(
+        1,
+        "test every N epochs, and always after the last one; an epoch without a test has no "
+        "test numbers and cannot become the best checkpoint",
+        "data",
+        metavar="N",
+    )
+    test_time_shift: int = option(
+        0,
+        "with N > 0, also test on each image moved N pixels up-left and down-right (edges "
+        "reflected), weighing the original 1/2 and each copy 1/4 (three times the test time); "
+        "eval and predict with the checkpoint do the same",
+        "data",
+        metavar="N",
     )
     test_time_flip: bool = option(
         False,
@@ -409,7 +426,7 @@ def validate(config: TrainConfig) -> None:
                 f"{flag_name(config_field)} must be one of {', '.join(choices)}, "
                 f"got {value!r}{did_you_mean(str(value), choices)}"
             )
-    positive_ints = ("batch_size", "epochs")
+    positive_ints = ("batch_size", "epochs", "test_every")
     for name in positive_ints:
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -417,6 +434,11 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--eval-batch-size must be at least 1, got {config.eval_batch_size}")
     if config.input_size is not None and not 8 <= config.input_size <= 4096:
         raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
+    if not 0 <= config.test_time_shift <= MAX_TEST_TIME_SHIFT:
+        raise UserError(
+            f"--test-time-shift must be between 0 and {MAX_TEST_TIME_SHIFT} pixels, "
+            f"got {config.test_time_shift}"
+        )
     if config.low_res_epochs < 0:
         raise UserError(f"--low-res-epochs must be 0 (off) or more, got {config.low_res_epochs}")
     if config.low_res_size is not None and config.low_res_size < 8:

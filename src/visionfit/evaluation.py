@@ -58,6 +58,7 @@ def predict_batches(
     num_classes: int,
     *,
     flip: bool = False,
+    shift: int = 0,
 ) -> Predictions:
     """`engine.loops.evaluate` that also keeps each sample's prediction (for the mistakes grid)."""
     model.eval()
@@ -66,7 +67,7 @@ def predict_batches(
     for images, labels in batches:
         images, labels = runtime.to_device(images), runtime.to_device(labels)
         with runtime.autocast():
-            logits = classify(model, images, flip=flip)
+            logits = classify(model, images, flip=flip, shift=shift)
         logits = logits.float()
         sums.update(logits, labels, float(F.cross_entropy(logits, labels, reduction="sum")))
         probability, index = torch.softmax(logits, dim=1).max(dim=1)
@@ -185,7 +186,9 @@ def evaluate_checkpoint(
         device=runtime.device,
     )
     # as training tested it, so that eval repeats the epoch's numbers
-    predictions = predict_batches(model, loader, runtime, len(loaded.classes), flip=loaded.test_time_flip)
+    predictions = predict_batches(
+        model, loader, runtime, len(loaded.classes), flip=loaded.test_time_flip, shift=loaded.test_time_shift
+    )
     report = predictions.sums.report(loaded.classes)
     mistakes = collect_mistakes(predictions, samples, loaded.classes, preprocess)
     description = f"{split_name} of {data.description}"

@@ -56,6 +56,7 @@ class Predictor:
         *,
         checkpoint_path: Path | None = None,
         flip: bool = False,
+        shift: int = 0,
         precision: str = "fp32",
     ) -> None:
         # channels-last runs the convolutions of small images about twice as fast on CPU (oneDNN)
@@ -64,7 +65,8 @@ class Predictor:
         self.preprocess = preprocess
         self.device = device
         self.checkpoint_path = checkpoint_path
-        self.flip = flip  # test-time flip, as the checkpoint's training tested
+        self.flip = flip  # test-time flip and shift, as the checkpoint's training tested
+        self.shift = shift
         self.runtime = Runtime(device=device, precision=precision)
         self.transform = EvalTransform(preprocess)
 
@@ -95,7 +97,7 @@ class Predictor:
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
         batch = batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
         with self.runtime.autocast():
-            logits = classify(self.model, batch, flip=self.flip)
+            logits = classify(self.model, batch, flip=self.flip, shift=self.shift)
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def top_k(self, probabilities: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
@@ -161,13 +163,19 @@ class Predictor:
 
 
 def load(
-    checkpoint: str | Path, *, device: str = "auto", precision: str = "auto", flip: bool | None = None
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    flip: bool | None = None,
+    shift: int | None = None,
 ) -> Predictor:
     """Load a visionfit checkpoint (file or run folder) as a `Predictor`.
 
     `precision="auto"` chooses as training does (bf16 autocast on CPUs with AVX512-BF16 or AMX and on
     GPUs that have it); `"fp32"` gives the exact float32 outputs. `flip` (test-time flip: average
-    each image's prediction with its mirror image's) defaults to what the checkpoint's training did.
+    each image's prediction with its mirror image's) and `shift` (also with copies moved that many
+    pixels; 0: off) default to what the checkpoint's training did.
 
     >>> predictor = visionfit.load("runs/my-run")
     >>> predictor.predict(["cat.jpg"], top_k=3)
@@ -184,6 +192,7 @@ def load(
         runtime.device,
         checkpoint_path=loaded.path,
         flip=loaded.test_time_flip if flip is None else flip,
+        shift=loaded.test_time_shift if shift is None else shift,
         precision=runtime.precision,
     )
 

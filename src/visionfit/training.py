@@ -573,15 +573,18 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
                 last_save = time.monotonic()
         progress.close()
         train_seconds = time.perf_counter() - started
-        # Each rank evaluates its share of the test set; the sums are added up over all ranks.
-        sums = evaluate(
-            unwrap_model(session.model),
-            session.test_loader,
-            runtime,
-            len(session.data.classes),
-            flip=config.test_time_flip,
-        )
-        report = reduce_metric_sums(sums).report(session.data.classes)
+        report = None
+        if epoch % config.test_every == 0 or epoch == config.epochs:
+            # Each rank evaluates its share of the test set; the sums are added up over all ranks.
+            sums = evaluate(
+                unwrap_model(session.model),
+                session.test_loader,
+                runtime,
+                len(session.data.classes),
+                flip=config.test_time_flip,
+                shift=config.test_time_shift,
+            )
+            report = reduce_metric_sums(sums).report(session.data.classes)
         record = {
             "epoch": epoch,
             "step": state.global_step,
@@ -591,11 +594,11 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
             "train_images_per_second": state.epoch_samples / max(train_seconds, 1e-9),
             "test_seconds": time.perf_counter() - started - train_seconds,
             "skipped_batches": state.skipped_batches,
-            "test": report,
+            "test": report,  # None in an epoch without a test (--test-every)
         }
         history.append(record)
         session.events.epoch(record)
-        is_best = report["accuracy"] > state.best_accuracy
+        is_best = report is not None and report["accuracy"] > state.best_accuracy
         if is_best:
             state.best_accuracy, state.best_epoch = report["accuracy"], epoch
         state.finish_epoch()
@@ -603,11 +606,16 @@ def _fit(session: Session, state: TrainState, history: list[dict[str, Any]]) -> 
             _save_epoch_checkpoints(session, state, record, is_best)
         barrier()  # the other ranks wait for rank 0's checkpoint
         last_save = time.monotonic()
-        logger.info(
-            f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  "
+        tested = (
             f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
-            f"macro F1 {report['macro']['f1']:.3f}  ({train_seconds:.1f} s, "
-            f"{record['train_images_per_second']:,.0f} img/s){'  *best' if is_best else ''}"
+            f"macro F1 {report['macro']['f1']:.3f}  "
+            if report is not None
+            else ""
+        )
+        logger.info(
+            f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  {tested}"
+            f"({train_seconds:.1f} s, {record['train_images_per_second']:,.0f} img/s)"
+            f"{'  *best' if is_best else ''}"
         )
 
 
@@ -632,13 +640,14 @@ def _metadata(session: Session, state: TrainState, record: dict[str, Any] | None
     }
     if record is not None:
         test = record["test"]
-        fields["metrics"] = {
-            "train_loss": record["train_loss"],
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "test_top5_accuracy": test["top5_accuracy"],
-            "test_macro_f1": test["macro"]["f1"],
-        }
+        fields["metrics"] = {"train_loss": record["train_loss"]}
+        if test is not None:
+            fields["metrics"].update(
+                test_loss=test["loss"],
+                test_accuracy=test["accuracy"],
+                test_top5_accuracy=test["top5_accuracy"],
+                test_macro_f1=test["macro"]["f1"],
+            )
     return checkpoint_metadata(
         model_name=session.config.model,
         model_args=session.config.model_args,

@@ -50,6 +50,11 @@ class Checkpoint:
         """Whether training tested with flip test-time augmentation (imported checkpoints: no)."""
         return bool(self.metadata.get("config", {}).get("test_time_flip", False))
 
+    @property
+    def test_time_shift(self) -> int:
+        """The shift in pixels of training's test-time augmentation (0: none)."""
+        return int(self.metadata.get("config", {}).get("test_time_shift", 0))
+
 
 def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
     """SHA-256 over every tensor (name, dtype, shape, bytes) and the metadata without its hash."""

@@ -54,6 +54,9 @@ class RunEvents:
         test = record["test"]
         self.writer.add_scalar("epoch", record["epoch"], step)
         self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
+        if test is None:  # an epoch without a test (--test-every)
+            self.writer.flush()
+            return
         self.writer.add_scalar("test/loss", test["loss"], step)
         self.writer.add_scalar("test/accuracy", test["accuracy"], step)
         self.writer.add_scalar("test/top5_accuracy", test["top5_accuracy"], step)

@@ -96,9 +96,24 @@ def train_steps(
         yield StepOutput(loss=loss.detach(), batch_size=int(targets.shape[0]))
 
 
-def classify(model: nn.Module, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
-    """The model's logits for `images`; with `flip`, the mean of the logits of each image and its
-    mirror image (test-time augmentation: the mirror is as likely a picture as the original)."""
+def classify(model: nn.Module, images: torch.Tensor, *, flip: bool = False, shift: int = 0) -> torch.Tensor:
+    """The model's logits for `images`, with test-time augmentation: with `flip`, the mean of the
+    logits of each image and its mirror image (as likely a picture as the original); with `shift`,
+    half of that plus a quarter each for the image moved `shift` pixels up-left and down-right (the
+    edges reflected), the small translations training's random crops taught the network."""
+    logits = _mirrored(model, images, flip)
+    if shift:
+        height, width = images.shape[-2:]
+        padded = F.pad(images, [shift] * 4, mode="reflect")
+        channels_last = images.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        moved = [padded[..., :height, :width], padded[..., 2 * shift :, 2 * shift :]]
+        shifted = [_mirrored(model, view.contiguous(memory_format=layout), flip) for view in moved]
+        logits = (logits + (shifted[0] + shifted[1]) / 2) / 2
+    return logits
+
+
+def _mirrored(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
     logits = model(images)
     if flip:
         logits = (logits + model(images.flip(-1))) / 2
@@ -107,7 +122,13 @@ def classify(model: nn.Module, images: torch.Tensor, *, flip: bool = False) -> t
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], runtime: Runtime, num_classes: int, *, flip: bool = False
+    model: nn.Module,
+    batches: Iterable[Batch],
+    runtime: Runtime,
+    num_classes: int,
+    *,
+    flip: bool = False,
+    shift: int = 0,
 ) -> MetricSums:
     """Run the model over every batch in eval mode and sum loss, hits and the confusion matrix."""
     model.eval()
@@ -115,7 +136,7 @@ def evaluate(
     for images, targets in batches:
         images, targets = runtime.to_device(images), runtime.to_device(targets)
         with runtime.autocast():
-            logits = classify(model, images, flip=flip)
+            logits = classify(model, images, flip=flip, shift=shift)
         logits = logits.float()
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
         sums.update(logits, targets, float(loss_sum))

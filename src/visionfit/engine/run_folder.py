@@ -71,6 +71,7 @@ RESUMABLE_CHANGES = (
     "device",
     "workers",
     "log_every",
+    "test_every",
     "checkpoint_every_steps",
     "checkpoint_every_minutes",
     "tensorboard",
