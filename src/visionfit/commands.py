@@ -26,23 +26,24 @@ def _float_triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _shift(text: str) -> int:
     from visionfit.config import MAX_TEST_TIME_SHIFT
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     if not 0 <= value <= MAX_TEST_TIME_SHIFT:
         raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TEST_TIME_SHIFT}, got {value}")
     return value
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
