@@ -1,0 +1,167 @@
+"""Fingerprints of short deterministic training runs: the SHA-256 of each run's final weights and
+its last test numbers, so that a refactoring can show it left training bit-identical.
+
+Run it on two commits, same machine, and compare the lines:
+
+    python benchmarks/weights_digest.py > before.txt   # on the old commit
+    python benchmarks/weights_digest.py > after.txt    # on the new one
+    diff before.txt after.txt
+
+Each run uses the CLI (`visionfit.cli.main`) with --deterministic on the CPU in a temporary folder;
+the folder datasets are generated from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RUNS: dict[str, list[str]] = {
+    "fast-recipe, memory path, low-res epoch": [
+        "--dataset",
+        "cifar10-sample",
+        "--epochs",
+        "2",
+        "--low-res-epochs",
+        "1",
+        "--model-arg",
+        "width=16",
+    ],
+    "tutorial recipe, memory path": ["--recipe", "tutorial", "--dataset", "cifar10-sample", "--epochs", "1"],
+    "small folder, loader path, pad-crop": [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{small}",
+        "--data-path",
+        "loader",
+        "--model",
+        "cifar10-quick",
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ],
+    "small folder, memory path": [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{small}",
+        "--data-path",
+        "memory",
+        "--model",
+        "cifar10-quick",
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ],
+    "large folder, loader path, resized crops, frozen then unfrozen": [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{large}",
+        "--model",
+        "resnet18",
+        "--input-size",
+        "64",
+        "--freeze",
+        "backbone",
+        "--unfreeze-at",
+        "2",
+        "--backbone-lr-scale",
+        "0.1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ],
+}
+
+
+def make_folder(root: Path, side: int, per_class: int = 12) -> Path:
+    rng = np.random.default_rng(side)
+    for label, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        for index in range(per_class):
+            height = side + int(rng.integers(0, side // 2 + 1))
+            pixels = np.clip(np.array(color) + rng.normal(0, 40, (height, side, 3)), 0, 255)
+            path = root / f"class{label}" / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return root
+
+
+def fingerprint(run_dir: Path) -> dict[str, object]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_dir / "checkpoints" / "last.safetensors"))
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        if "/" in name:  # training state (optimizer, RNG): not the weights
+            continue
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    test = last["test"]
+    return {
+        "weights_sha256": digest.hexdigest()[:16],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run only the runs whose name contains this text")
+    arguments = parser.parse_args()
+    from visionfit.cli import main as visionfit
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        data = {"small": make_folder(folder / "small", 24), "large": make_folder(folder / "large", 80)}
+        for name, flags in RUNS.items():
+            if arguments.only and arguments.only not in name:
+                continue
+            flags = [flag.format(**data) for flag in flags]
+            run_dir = folder / "runs"
+            code = visionfit(
+                [
+                    "train",
+                    *flags,
+                    "--device",
+                    "cpu",
+                    "--deterministic",
+                    "--seed",
+                    "3",
+                    "--no-tensorboard",
+                    "--run-dir",
+                    str(run_dir),
+                    "--name",
+                    str(len(list(run_dir.glob("*")) if run_dir.exists() else [])),
+                ]
+            )
+            if code:
+                print(json.dumps({"run": name, "exit": code}))
+                continue
+            newest = max(run_dir.iterdir(), key=lambda path: path.stat().st_mtime)
+            print(json.dumps({"run": name, **fingerprint(newest)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
