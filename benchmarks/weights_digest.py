@@ -23,74 +23,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-RUNS: dict[str, list[str]] = {
-    "fast-recipe, memory path, low-res epoch": [
-        "--dataset",
-        "cifar10-sample",
-        "--epochs",
-        "2",
-        "--low-res-epochs",
-        "1",
-        "--model-arg",
-        "width=16",
-    ],
-    "tutorial recipe, memory path": ["--recipe", "tutorial", "--dataset", "cifar10-sample", "--epochs", "1"],
-    "small folder, loader path, pad-crop": [
-        "--dataset",
-        "folder",
-        "--data-dir",
-        "{small}",
-        "--data-path",
-        "loader",
-        "--model",
-        "cifar10-quick",
-        "--input-size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-    ],
-    "small folder, memory path": [
-        "--dataset",
-        "folder",
-        "--data-dir",
-        "{small}",
-        "--data-path",
-        "memory",
-        "--model",
-        "cifar10-quick",
-        "--input-size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-    ],
-    "large folder, loader path, resized crops, frozen then unfrozen": [
-        "--dataset",
-        "folder",
-        "--data-dir",
-        "{large}",
-        "--model",
-        "resnet18",
-        "--input-size",
-        "64",
-        "--freeze",
-        "backbone",
-        "--unfreeze-at",
-        "2",
-        "--backbone-lr-scale",
-        "0.1",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-    ],
+# Each run's flags (split on spaces); {small} and {large} are the generated folder datasets.
+RUNS: dict[str, str] = {
+    "fast-recipe, memory path, low-res epoch": "--dataset cifar10-sample --epochs 2 --low-res-epochs 1 "
+    "--model-arg width=16",
+    "tutorial recipe, memory path": "--recipe tutorial --dataset cifar10-sample --epochs 1",
+    "small folder, loader path, pad-crop": "--dataset folder --data-dir {small} --data-path loader "
+    "--model cifar10-quick --input-size 32 --epochs 2 --batch-size 8 --workers 0",
+    "small folder, memory path": "--dataset folder --data-dir {small} --data-path memory "
+    "--model cifar10-quick --input-size 32 --epochs 2 --batch-size 8",
+    "large folder, loader path, resized crops, frozen then unfrozen": "--dataset folder --data-dir {large} "
+    "--model resnet18 --input-size 64 --freeze backbone --unfreeze-at 2 --backbone-lr-scale 0.1 "
+    "--epochs 2 --batch-size 8 --workers 0",
 }
 
 
@@ -107,6 +51,7 @@ def make_folder(root: Path, side: int, per_class: int = 12) -> Path:
 
 
 def fingerprint(run_dir: Path) -> dict[str, object]:
+    import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(run_dir / "checkpoints" / "last.safetensors"))
@@ -115,7 +60,7 @@ def fingerprint(run_dir: Path) -> dict[str, object]:
         if "/" in name:  # training state (optimizer, RNG): not the weights
             continue
         digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+        digest.update(tensors[name].contiguous().view(-1).view(dtype=torch.uint8).numpy())
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     test = last["test"]
     return {
@@ -134,32 +79,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         data = {"small": make_folder(folder / "small", 24), "large": make_folder(folder / "large", 80)}
-        for name, flags in RUNS.items():
+        for number, (name, flags) in enumerate(RUNS.items()):
             if arguments.only and arguments.only not in name:
                 continue
-            flags = [flag.format(**data) for flag in flags]
-            run_dir = folder / "runs"
-            code = visionfit(
-                [
-                    "train",
-                    *flags,
-                    "--device",
-                    "cpu",
-                    "--deterministic",
-                    "--seed",
-                    "3",
-                    "--no-tensorboard",
-                    "--run-dir",
-                    str(run_dir),
-                    "--name",
-                    str(len(list(run_dir.glob("*")) if run_dir.exists() else [])),
-                ]
-            )
-            if code:
-                print(json.dumps({"run": name, "exit": code}))
-                continue
-            newest = max(run_dir.iterdir(), key=lambda path: path.stat().st_mtime)
-            print(json.dumps({"run": name, **fingerprint(newest)}), flush=True)
+            run_dir = folder / "runs" / str(number)
+            common = f"--device cpu --deterministic --seed 3 --no-tensorboard --run-dir {run_dir.parent}"
+            command = ["train", *flags.format(**data).split(), *common.split(), "--name", run_dir.name]
+            code = visionfit(command)
+            result = {"exit": code} if code else fingerprint(run_dir)
+            print(json.dumps({"run": name, **result}), flush=True)
     return 0
 
 
