@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,9 +33,13 @@ RUNS: dict[str, str] = {
     "--model cifar10-quick --input-size 32 --epochs 2 --batch-size 8 --workers 0",
     "small folder, memory path": "--dataset folder --data-dir {small} --data-path memory "
     "--model cifar10-quick --input-size 32 --epochs 2 --batch-size 8",
-    "large folder, loader path, resized crops, frozen then unfrozen": "--dataset folder --data-dir {large} "
+    "large folder at 64 px (memory path), frozen then unfrozen": "--dataset folder --data-dir {large} "
     "--model resnet18 --input-size 64 --freeze backbone --unfreeze-at 2 --backbone-lr-scale 0.1 "
     "--epochs 2 --batch-size 8 --workers 0",
+    "large folder at 72 px, loader path, random resized crops": "--dataset folder --data-dir {large} "
+    "--model resnet18 --input-size 72 --epochs 2 --batch-size 8 --workers 0",
+    "large folder at 72 px, loader path, no augmentation": "--dataset folder --data-dir {large} "
+    "--model resnet18 --input-size 72 --epochs 2 --batch-size 8 --workers 0 --no-augment",
 }
 
 
@@ -78,6 +83,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
+        os.environ["VISIONFIT_CACHE"] = str(folder / "cache")  # decode every run's images afresh
         data = {"small": make_folder(folder / "small", 24), "large": make_folder(folder / "large", 80)}
         for number, (name, flags) in enumerate(RUNS.items()):
             if arguments.only and arguments.only not in name:

@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from visionfit.engine.checkpoint import (
+    checkpoint_metadata,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    save_checkpoint,
+)
 from visionfit.errors import UserError
-from visionfit.models import create_model
-from visionfit.serialization import build_model, checkpoint_metadata, load_model
+from visionfit.inference import build_model
+from visionfit.models import ModelRecord, create_model
+from visionfit.serialization import load_model
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -18,9 +24,7 @@ PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 def saved(tmp_path):
     torch.manual_seed(0)
     model = create_model("cifar10-quick", 3)
-    metadata = checkpoint_metadata(
-        model_name="cifar10-quick", model_args={}, classes=["x", "y", "z"], preprocess=PREPROCESS, epoch=2
-    )
+    metadata = checkpoint_metadata(ModelRecord("cifar10-quick", 3), ["x", "y", "z"], PREPROCESS, epoch=2)
     path = tmp_path / "checkpoints" / "best.safetensors"
     save_checkpoint(path, model.state_dict(), metadata)
     return model, path
@@ -51,9 +55,7 @@ def test_no_temporary_files_are_left_behind(saved):
 
 def test_extra_tensors_are_kept_apart_from_the_weights(tmp_path):
     model = create_model("cifar10-quick", 2)
-    metadata = checkpoint_metadata(
-        model_name="cifar10-quick", model_args={}, classes=["a", "b"], preprocess=PREPROCESS
-    )
+    metadata = checkpoint_metadata(ModelRecord("cifar10-quick", 2), ["a", "b"], PREPROCESS)
     path = tmp_path / "last.safetensors"
     save_checkpoint(path, model.state_dict(), metadata, {"optimizer/step": torch.tensor([3])})
     checkpoint = load_checkpoint(path)
@@ -101,9 +103,7 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_still_load(tmp_path
     modulus = 256 ** len(opening)
     padding = 0
     for _ in range(5):
-        metadata = checkpoint_metadata(
-            model_name="cifar10-quick", model_args={}, classes=["a" * padding, "b"], preprocess=PREPROCESS
-        )
+        metadata = checkpoint_metadata(ModelRecord("cifar10-quick", 2), ["a" * padding, "b"], PREPROCESS)
         save_checkpoint(path, model.state_dict(), metadata)
         header_length = int.from_bytes(path.read_bytes()[:8], "little")
         if header_length % modulus == wanted:

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import write_cifar_batches
-from visionfit.data import cifar, load_data
+from visionfit.data import cifar, cifar_files, load_data
 from visionfit.errors import UserError
 
 
 def test_reads_a_batches_folder_that_is_not_the_official_bytes(cifar_batches):
-    train, test = cifar.read_cifar10(cifar_batches)
+    train, test = cifar_files.read_cifar10(cifar_batches)
     assert train.images.shape == (100, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.labels.tolist() == [index % 10 for index in range(20)]
     with open(cifar_batches / "data_batch_1", "rb") as file:
@@ -48,7 +48,7 @@ def test_a_batch_file_that_would_run_code_is_refused(cifar_batches, tmp_path):
     with open(cifar_batches / "data_batch_3", "wb") as file:
         pickle.dump({"data": Payload(str(marker)), "labels": []}, file)
     with pytest.raises(UserError, match="data_batch_3 is not a CIFAR-10 batch file"):
-        cifar.read_cifar10(cifar_batches)
+        cifar_files.read_cifar10(cifar_batches)
     assert not marker.exists()
 
 
@@ -57,7 +57,7 @@ def test_labels_outside_ten_classes_are_refused(tmp_path):
     with open(folder / "test_batch", "wb") as file:
         pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 42]}, file)
     with pytest.raises(UserError, match="labels outside 0..9"):
-        cifar.read_cifar10(folder)
+        cifar_files.read_cifar10(folder)
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def archive_server(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "VISIONFIT_CIFAR10_URL", f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
     )
-    monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar_files, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     yield archive
     server.shutdown()
 
@@ -97,7 +97,7 @@ def test_download_into_an_explicit_data_dir(archive_server, tmp_path):
 
 
 def test_a_corrupted_download_fails_its_md5_and_is_removed(archive_server, monkeypatch):
-    monkeypatch.setattr(cifar, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(cifar_files, "CIFAR10_MD5", "0" * 32)
     with pytest.raises(UserError, match="md5"):
         load_data("cifar10", None)
     assert not list(cifar.default_cifar10_root().glob("*.tar.gz"))
@@ -119,7 +119,7 @@ def test_no_network_without_dataset_falls_back_to_the_bundled_sample():
 
 
 def test_bundled_sample_is_small_balanced_and_real():
-    assert cifar.SAMPLE_FILE.stat().st_size <= 6_000_000
+    assert cifar_files.SAMPLE_FILE.stat().st_size <= 6_000_000
     data = load_data("cifar10-sample", None)
     assert data.train.images.shape == (5000, 3, 32, 32) and data.test.images.shape == (1000, 3, 32, 32)
     assert torch.bincount(data.train.labels).tolist() == [500] * 10

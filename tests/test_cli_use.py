@@ -12,9 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import make_folder_dataset
 from visionfit.cli import main
 from visionfit.engine.loops import classify
-from visionfit.engine.metrics import MetricSums
+from visionfit.engine.metrics import Predictions
 from visionfit.errors import UserError
-from visionfit.evaluation import Predictions, check_classes, format_confusion
+from visionfit.evaluation import check_classes, format_confusion
+from visionfit.prediction import picture_pixels
 
 CLASSES = ["apple", "grape", "lime"]
 
@@ -101,15 +102,15 @@ def test_test_time_flip_and_shift_reach_eval_and_predict_through_the_checkpoint(
     assert metrics["confusion_matrix"] == trained_report["confusion_matrix"]
 
     predictor = visionfit.load(run, device="cpu", precision="fp32")
-    assert predictor.flip and predictor.shift == 1
+    assert predictor.model.flip and predictor.model.shift == 1
     image = next((data / "val" / "apple").iterdir())
-    batch = predictor.batch_tensor([predictor.to_uint8(image)])
+    batch = predictor.model.classifier.prepare(picture_pixels(image, predictor.preprocess).unsqueeze(0))
     with torch.no_grad():
-        logits = classify(predictor.model, batch, flip=True, shift=1)
-        flip_only = classify(predictor.model, batch, flip=True)
+        logits = classify(predictor.model.network, batch, flip=True, shift=1)
+        flip_only = classify(predictor.model.network, batch, flip=True)
     assert predictor.predict(image)[0][0][1] == pytest.approx(float(torch.softmax(logits, 1).max()), abs=1e-5)
-    assert not visionfit.load(run, device="cpu", flip=False).flip
-    assert visionfit.load(run, device="cpu", shift=0).shift == 0
+    assert not visionfit.load(run, device="cpu", flip=False).model.flip
+    assert visionfit.load(run, device="cpu", shift=0).model.shift == 0
     capsys.readouterr()
     assert (
         main(["predict", str(run), str(image), "--json", "--precision", "fp32", "--test-time-shift", "0"])
@@ -179,15 +180,26 @@ def test_predict_errors_are_one_line(trained, tmp_path, capsys):
 
 
 def test_most_confident_mistakes_come_first():
-    sums = MetricSums(3)
     predictions = Predictions(
-        sums,
+        indices=torch.tensor([10, 11, 12, 13, 14]),
         targets=torch.tensor([0, 1, 2, 0, 1]),
         predicted=torch.tensor([1, 1, 0, 2, 2]),
         confidence=torch.tensor([0.5, 0.99, 0.9, 0.7, 0.6]),
     )
-    assert predictions.most_confident_mistakes() == [2, 3, 4, 0]
-    assert predictions.most_confident_mistakes(2) == [2, 3]
+    mistakes = predictions.most_confident_mistakes(16)
+    assert [index for index, *_ in mistakes] == [12, 13, 14, 10]  # sample indices, not positions
+    assert mistakes[0] == (12, 2, 0, pytest.approx(0.9))
+    assert [index for index, *_ in predictions.most_confident_mistakes(2)] == [12, 13]
+
+
+def test_predictions_of_several_processes_join_in_sample_order():
+    def part(indices):
+        values = torch.tensor(indices)
+        return Predictions(values, values % 3, (values + 1) % 3, values.float() / 10)
+
+    joined = Predictions.joined([part([0, 2, 4]), part([1, 3])])
+    assert joined.indices.tolist() == [0, 1, 2, 3, 4]
+    assert joined.targets.tolist() == [0, 1, 2, 0, 1] and joined.confidence[3] == pytest.approx(0.3)
 
 
 def test_class_check_and_confusion_text():

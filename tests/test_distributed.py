@@ -16,20 +16,13 @@ import torch.multiprocessing as mp
 
 from visionfit.cli import main
 from visionfit.data.loaders import EpochBatchSampler
-from visionfit.distributed import (
-    all_finite,
-    broadcast_from_main,
-    check_process_options,
-    count_across,
-    reduce_metric_sums,
-    restart_resume,
-    shard,
-)
+from visionfit.distributed import all_finite, broadcast_from_main, count_across, shard
 from visionfit.engine.checkpoint import load_checkpoint
 from visionfit.engine.metrics import MetricSums
+from visionfit.engine.resume import restart_target
 from visionfit.errors import UserError
 from visionfit.launch import strip_nproc, torchrun_arguments
-from visionfit.runtime import Runtime
+from visionfit.validation import check_setup
 
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -44,7 +37,7 @@ def test_shards_are_disjoint_and_together_are_the_whole_batch():
 
 
 def test_each_rank_gets_its_share_of_the_same_global_batches():
-    def batches(rank: int, world_size: int, start: int = 0) -> list[list[tuple[int, int]]]:
+    def batches(rank: int, world_size: int, start: int = 0) -> list[list[tuple[int, int, int]]]:
         sampler = EpochBatchSampler(
             23, 8, shuffle=True, seed=3, drop_last=False, rank=rank, world_size=world_size
         )
@@ -76,13 +69,18 @@ def test_a_last_batch_too_small_to_share_is_dropped():
 
 
 def test_global_batch_must_divide_over_the_processes_and_sync_bn_needs_gpus():
-    four = Runtime(torch.device("cpu"), rank=1, world_size=4)
-    check_process_options(64, False, four)
+    from visionfit.config import TrainConfig
+
+    def check(batch_size: int, sync_bn: bool, world_size: int) -> None:
+        config = TrainConfig(batch_size=batch_size, sync_bn=sync_bn)
+        check_setup(config, device_type="cpu", world_size=world_size, input_size=32, data_path="memory")
+
+    check(64, False, 4)
     with pytest.raises(UserError, match="--batch-size 10 is the global batch"):
-        check_process_options(10, False, four)
+        check(10, False, 4)
     with pytest.raises(UserError, match="--sync-bn needs GPUs"):
-        check_process_options(64, True, four)
-    check_process_options(10, True, Runtime(torch.device("cpu")))  # one process: plain BatchNorm
+        check(64, True, 4)
+    check(10, True, 1)  # one process: plain BatchNorm
 
 
 def test_nproc_is_taken_out_of_the_command_each_process_runs():
@@ -103,13 +101,13 @@ def test_an_elastic_restart_finds_the_first_attempts_run_again(monkeypatch, tmp_
     from visionfit.config import TrainConfig
 
     config = TrainConfig(run_dir=str(tmp_path), name="job")
-    assert restart_resume(None, config) is None  # first attempt: a new run
+    assert restart_target(None, config) is None  # first attempt: a new run
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert restart_resume(None, config) == "auto"  # its folder holds no run yet
+    assert restart_target(None, config) == "auto"  # its folder holds no run yet
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "config.yaml").write_text("epochs: 1\n")
-    assert restart_resume(None, config) == tmp_path / "job"
-    assert restart_resume("auto", config) == "auto"  # an explicit --resume wins
+    assert restart_target(None, config) == tmp_path / "job"
+    assert restart_target("auto", config) == "auto"  # an explicit --resume wins
 
 
 def _collectives(rank: int, world_size: int, init_file: str, results: str) -> None:
@@ -122,7 +120,7 @@ def _collectives(rank: int, world_size: int, init_file: str, results: str) -> No
         mine = MetricSums(3)
         part = shard(torch.arange(7), rank, world_size)
         mine.update(logits[part], targets[part], loss_sum=float(len(part)))
-        total = reduce_metric_sums(mine)
+        total = mine.across_processes()
         whole = MetricSums(3)
         whole.update(logits, targets, loss_sum=7.0)
         loss = torch.tensor(float("nan") if rank == 1 else 1.0)

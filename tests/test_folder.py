@@ -4,7 +4,8 @@ import pytest
 
 from conftest import make_image
 from visionfit.data import load_data
-from visionfit.data.folder import FileSamples, load_folder, stratified_split
+from visionfit.data.folder import load_folder, stratified_split
+from visionfit.data.samples import FileSamples
 from visionfit.errors import UserError
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionfit.data.images import is_image_name, open_rgb, to_rgb
+from visionfit.data.folder import is_image_name
+from visionfit.data.images import open_rgb, to_rgb
 from visionfit.errors import UserError
 
 

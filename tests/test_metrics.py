@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from visionfit.engine.loops import classify, evaluate
+from visionfit.engine.loops import Classifier, classify, evaluate
 from visionfit.engine.metrics import MetricSums, classification_report, format_report
 from visionfit.runtime import Runtime
 
@@ -54,14 +54,17 @@ def test_evaluation_is_exact_for_a_short_last_batch():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     images, labels = torch.randn(10, 4), torch.randint(0, 3, (10,))
-    runtime = Runtime(device=torch.device("cpu"))
-    whole = evaluate(model, [(images, labels)], runtime, 3)
-    pieces = evaluate(
-        model, [(images[:4], labels[:4]), (images[4:8], labels[4:8]), (images[8:], labels[8:])], runtime, 3
-    )
-    assert torch.equal(whole.confusion, pieces.confusion)
+    classifier = Classifier(model, lambda batch: batch, Runtime(device=torch.device("cpu")))
+    indices = torch.arange(10)
+    whole = evaluate(classifier, [(images, labels, indices)], 3).sums
+    pieces = [(images[at], labels[at], indices[at]) for at in (slice(0, 4), slice(4, 8), slice(8, 10))]
+    kept = evaluate(classifier, pieces, 3, keep_predictions=True)
+    assert torch.equal(whole.confusion, kept.sums.confusion)
     expected_loss = torch.nn.functional.cross_entropy(model(images), labels).item()
-    assert pieces.report(CLASSES)["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert kept.sums.report(CLASSES)["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    predictions = kept.predictions
+    assert predictions.indices.tolist() == list(range(10)) and torch.equal(predictions.targets, labels)
+    assert torch.equal(predictions.predicted, model(images).argmax(1))
 
 
 def test_text_table_lists_every_class_and_the_averages():
@@ -87,8 +90,9 @@ def test_flip_averages_each_images_logits_with_its_mirror_images():
     assert torch.equal(classify(model, images), model(images))
     # LeftRight's mirrored logits are its logits swapped: the average carries no information
     labels = model(images).argmax(1)
-    runtime = Runtime(device=torch.device("cpu"))
-    plain = evaluate(model, [(images, labels)], runtime, 2).report(CLASSES[:2])
-    flipped = evaluate(model, [(images, labels)], runtime, 2, flip=True).report(CLASSES[:2])
+    runtime, batches = Runtime(device=torch.device("cpu")), [(images, labels, torch.arange(6))]
+    plain = evaluate(Classifier(model, lambda batch: batch, runtime), batches, 2).sums.report(CLASSES[:2])
+    mirrored = Classifier(model, lambda batch: batch, runtime, flip=True)
+    flipped = evaluate(mirrored, batches, 2).sums.report(CLASSES[:2])
     assert plain["accuracy"] == 1.0
     assert flipped["loss"] == pytest.approx(math.log(2))

@@ -18,15 +18,17 @@ POISONED_INDEX = 5
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Training sample 5 becomes all NaN, as a corrupt input or an overflow would."""
+    """Training sample 5 becomes all NaN, as a corrupt input or an overflow would (the pictures go
+    over as floats on the 0-255 scale, which the batch stage takes as it takes uint8)."""
     real = SampleDataset.__getitem__
 
     def getitem(self, key):
-        image, label = real(self, key)
+        image, label, position = real(self, key)
+        image = image.float()
         index = key[0] if isinstance(key, tuple) else key
         if isinstance(key, tuple) and index == POISONED_INDEX:
             image = torch.full_like(image, float("nan"))
-        return image, label
+        return image, label, position
 
     monkeypatch.setattr(SampleDataset, "__getitem__", getitem)
 

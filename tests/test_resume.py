@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import visionfit.training as training
+import visionfit.engine.epochs as epochs
 from conftest import make_image
 from visionfit.cli import main
 from visionfit.engine.checkpoint import load_checkpoint, previous_path
@@ -57,7 +57,7 @@ class Interrupt(KeyboardInterrupt):
 
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     """Make training stop, as if killed, after `steps` more optimizer steps."""
-    real = training.train_steps
+    real = epochs.train_steps
     counter = {"left": steps}
 
     def stopping(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -67,7 +67,7 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
             if counter["left"] == 0:
                 raise Interrupt
 
-    monkeypatch.setattr(training, "train_steps", stopping)
+    monkeypatch.setattr(epochs, "train_steps", stopping)
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ from torchvision.models import get_model, get_model_weights
 
 from visionfit.cli import main
 from visionfit.config import build_config
-from visionfit.data.transforms import build_eval_transform
+from visionfit.data.augment import Normalize
+from visionfit.data.transforms import PictureReader
 from visionfit.engine.checkpoint import load_checkpoint
 from visionfit.errors import UserError
 from visionfit.models import create_model
@@ -130,6 +131,12 @@ def test_pretrained_comes_from_torchvisions_cache_under_torch_home(resnet18_stat
     assert torch.equal(model.state_dict()["conv1.weight"], resnet18_state["conv1.weight"])
 
 
+def build_eval_transform(preprocess):
+    """Training's evaluation transform: the per-picture resize, then the batch normalisation."""
+    reader, normalize = PictureReader(preprocess), Normalize(preprocess, torch.device("cpu"))
+    return lambda image: normalize(reader(image).unsqueeze(0))[0]
+
+
 @pytest.mark.parametrize("name", ["efficientnet_b0", "resnet18", "swin_t"])
 def test_transforms_follow_the_weights_preprocessing(name):
     preprocess = resolve_preprocess(build_config(flag_values={"model": name}))
@@ -189,7 +196,7 @@ def test_bad_freezing_options_are_user_errors():
 
 
 def test_a_resumed_run_puts_the_freezing_back_for_its_epoch(tmp_path, monkeypatch):
-    import visionfit.training as training
+    import visionfit.engine.epochs as epochs
     from test_resume import final_state, interrupt_after, make_noisy_dataset, settings
     from visionfit.training import train
 
@@ -198,11 +205,11 @@ def test_a_resumed_run_puts_the_freezing_back_for_its_epoch(tmp_path, monkeypatc
     extra.update(epochs=2, tensorboard=False)
     reference = train(**settings(data, tmp_path / "reference", **extra)).run_dir
 
-    real_steps = training.train_steps
+    real_steps = epochs.train_steps
     interrupt_after(monkeypatch, 1)  # killed inside epoch 1, while the backbone is frozen
     with pytest.raises(KeyboardInterrupt):
         train(**settings(data, tmp_path / "runs", name="run", **extra))
-    monkeypatch.setattr(training, "train_steps", real_steps)
+    monkeypatch.setattr(epochs, "train_steps", real_steps)
     resumed = train(resume=tmp_path / "runs" / "run").run_dir
     expected, actual = final_state(reference), final_state(resumed)
     assert expected.keys() == actual.keys()

@@ -19,6 +19,8 @@ _EXPORTS = {
     "TrainResult": "visionfit.training",
     "load_model": "visionfit.serialization",
     "load": "visionfit.prediction",
+    "load_for_inference": "visionfit.inference",
+    "InferenceModel": "visionfit.inference",
     "Predictor": "visionfit.prediction",
     "save_model": "visionfit.serialization",
     "Preprocess": "visionfit.data.transforms",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import types
 import typing
@@ -17,18 +16,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionfit.choices import (
+    BAD_IMAGE_POLICIES,
+    CHANNELS_LAST,
+    DATA_PATHS,
+    DEVICE_HELP,
+    FREEZE_MODES,
+    HEAD_MODES,
+    NONFINITE_POLICIES,
+    OPTIMIZERS,
+    PRECISION_HELP,
+    PRECISIONS,
+    SCHEDULERS,
+)
+from visionfit.data.registry import dataset_names, default_recipe, get_dataset
 from visionfit.errors import UserError, did_you_mean
+from visionfit.recipes import RECIPES, recipe_names
+from visionfit.validation import check_config
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from visionfit.recipes import RECIPES, SMALL_IMAGE_RECIPE, recipe_names
-
-DATASETS = ("cifar10", "cifar10-sample", "folder")
-# Reflect padding needs the shift below the smallest input side (--input-size 8).
-MAX_TEST_TIME_SHIFT = 4
-DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
 
 
 def option(
@@ -54,10 +63,9 @@ class TrainConfig:
     # data
     dataset: str | None = option(
         None,
-        "cifar10 (default; falls back to the bundled cifar10-sample when CIFAR-10 is neither "
-        "cached nor downloadable), cifar10-sample, or folder (ROOT/<class>/<images>)",
+        "; ".join(f"{name}: {get_dataset(name).description}" for name in dataset_names()),
         "data",
-        choices=DATASETS,
+        choices=dataset_names(),
     )
     data_dir: str | None = option(
         None,
@@ -104,7 +112,7 @@ class TrainConfig:
         "the device; loader: per-sample DataLoader; auto: memory when the images are at most 64 px "
         "and fit in 2 GiB",
         "data",
-        choices=("auto", "memory", "loader"),
+        choices=DATA_PATHS,
     )
     low_res_epochs: int = option(
         0,
@@ -142,7 +150,7 @@ class TrainConfig:
         "unreadable image files found by the scan before training: error (list them and stop) or "
         "skip (leave them out, listed in the run folder's skipped_images.txt)",
         "data",
-        choices=("error", "skip"),
+        choices=BAD_IMAGE_POLICIES,
     )
 
     # model
@@ -164,7 +172,7 @@ class TrainConfig:
         "torchvision models: replace the final classification layer with an N-way one, or append "
         "a Linear(1000, N) after it",
         "model",
-        choices=("replace", "append"),
+        choices=HEAD_MODES,
     )
     pretrained: bool = option(
         False, "start a torchvision model from torchvision's pretrained weights (downloaded once)", "model"
@@ -180,7 +188,7 @@ class TrainConfig:
         "none",
         "backbone: train only the head (frozen BatchNorm stays in eval mode)",
         "model",
-        choices=("none", "backbone"),
+        choices=FREEZE_MODES,
     )
     unfreeze_at: int | None = option(
         None, "with --freeze backbone: train the whole network from this epoch on", "model", metavar="EPOCH"
@@ -191,13 +199,13 @@ class TrainConfig:
 
     # optimisation
     epochs: int = option(10, "passes over the training data", "optimisation")
-    optimizer: str = option("sgd", "optimizer", "optimisation", choices=("sgd", "adamw"))
+    optimizer: str = option("sgd", "optimizer", "optimisation", choices=OPTIMIZERS)
     lr: float = option(0.01, "peak learning rate", "optimisation")
     momentum: float = option(0.9, "SGD momentum", "optimisation")
     nesterov: bool = option(False, "Nesterov momentum for SGD", "optimisation")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)", "optimisation")
     scheduler: str = option(
-        "cosine", "learning-rate schedule, stepped every batch", "optimisation", choices=("none", "cosine")
+        "cosine", "learning-rate schedule, stepped every batch", "optimisation", choices=SCHEDULERS
     )
     warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs", "optimisation")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", "optimisation")
@@ -208,7 +216,7 @@ class TrainConfig:
         "stop",
         "a NaN or infinite loss: stop the run at once, the last good checkpoint intact, or skip the batch",
         "optimisation",
-        choices=("stop", "skip"),
+        choices=NONFINITE_POLICIES,
     )
 
     # run
@@ -218,19 +226,18 @@ class TrainConfig:
         "run",
         choices=recipe_names(),
     )
-    device: str = option("auto", f"{DEVICES_HELP}; auto picks cuda, then mps, then cpu", "run")
+    device: str = option("auto", f"{DEVICE_HELP}; auto picks cuda, then mps, then cpu", "run")
     precision: str = option(
         "auto",
-        "numeric precision of the forward and backward pass; auto: bf16 on CPUs with AVX512-BF16 or "
-        "AMX and on GPUs that have it, fp16 on older GPUs, fp32 otherwise",
+        f"numeric precision of the forward and backward pass; {PRECISION_HELP}",
         "run",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
     )
     channels_last: str = option(
         "auto",
         "channels_last (NHWC) memory layout for images and weights; auto: on for CPU and CUDA",
         "run",
-        choices=("auto", "on", "off"),
+        choices=CHANNELS_LAST,
     )
     compile: bool = option(
         False, "compile the model with torch.compile (slow start, then faster steps on a GPU)", "run"
@@ -383,8 +390,8 @@ def build_config(
     file_values = dict(file_values or {})
     flag_values = dict(flag_values or {})
     recipe = flag_values.get("recipe", file_values.get("recipe"))
-    if recipe is None and _is_cifar_sized({**file_values, **flag_values}):
-        recipe = SMALL_IMAGE_RECIPE
+    if recipe is None:
+        recipe = _default_recipe({**file_values, **flag_values})
     config = TrainConfig()
     if recipe is not None:
         if recipe not in RECIPES:
@@ -395,93 +402,26 @@ def build_config(
         config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
     config = apply_overrides(config, file_values, file_name)
     config = apply_overrides(config, flag_values, flags_name)
-    validate(config)
+    check_config(config)
     return config
 
 
-def _is_cifar_sized(values: dict[str, Any]) -> bool:
-    """True when these settings train on CIFAR-10 (or its sample) and name no model: the case the
-    `fast` recipe is made for. Folder datasets keep the plain defaults (their pictures may be big)."""
+def _default_recipe(values: dict[str, Any]) -> str | None:
+    """The recipe of the data these settings name when they name no model: `fast` for CIFAR-10 (or
+    its sample). Folder datasets keep the plain defaults (their pictures may be big)."""
     if "model" in values:
-        return False
-    dataset, data_dir = values.get("dataset"), values.get("data_dir")
-    if dataset in ("cifar10", "cifar10-sample"):
-        return True
-    if dataset is not None:
-        return False
-    if data_dir is None:
-        return True
-    from visionfit.data.cifar import find_cifar10
-
-    return find_cifar10(Path(str(data_dir)).expanduser()) is not None
+        return None
+    return default_recipe(values.get("dataset"), values.get("data_dir"))
 
 
-def validate(config: TrainConfig) -> None:
-    """Check values a type cannot express; each failure names the flag and what would be valid."""
-    for config_field in config_fields():
-        choices = config_field.metadata.get("choices")
-        value = getattr(config, config_field.name)
-        if choices and value is not None and value not in choices:
-            raise UserError(
-                f"{flag_name(config_field)} must be one of {', '.join(choices)}, "
-                f"got {value!r}{did_you_mean(str(value), choices)}"
-            )
-    positive_ints = ("batch_size", "epochs", "test_every")
-    for name in positive_ints:
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.eval_batch_size is not None and config.eval_batch_size < 1:
-        raise UserError(f"--eval-batch-size must be at least 1, got {config.eval_batch_size}")
-    if config.input_size is not None and not 8 <= config.input_size <= 4096:
-        raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
-    if not 0 <= config.test_time_shift <= MAX_TEST_TIME_SHIFT:
-        raise UserError(
-            f"--test-time-shift must be between 0 and {MAX_TEST_TIME_SHIFT} pixels, "
-            f"got {config.test_time_shift}"
-        )
-    if config.low_res_epochs < 0:
-        raise UserError(f"--low-res-epochs must be 0 (off) or more, got {config.low_res_epochs}")
-    if config.low_res_size is not None and config.low_res_size < 8:
-        raise UserError(f"--low-res-size must be at least 8 pixels, got {config.low_res_size}")
-    if config.workers is not None and config.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {config.workers}")
-    if config.checkpoint_every_steps < 0 or config.checkpoint_every_minutes < 0:
-        raise UserError("--checkpoint-every-steps and --checkpoint-every-minutes must be 0 (off) or more")
-    if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
-        raise UserError(f"--clip-grad-norm must be positive, got {config.clip_grad_norm}")
-    if not config.dist_timeout > 0:
-        raise UserError(f"--dist-timeout must be a positive number of minutes, got {config.dist_timeout}")
-    if config.log_every < 0:
-        raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UserError(f"--lr must be a positive number, got {config.lr}")
-    if not 0 <= config.momentum < 1:
-        raise UserError(f"--momentum must be in [0, 1), got {config.momentum}")
-    if config.weight_decay < 0:
-        raise UserError(f"--weight-decay must be 0 or more, got {config.weight_decay}")
-    if not 0 <= config.label_smoothing < 1:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
-    if not 0 <= config.warmup_epochs <= config.epochs:
-        raise UserError(
-            f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs}"
-        )
-    if not 0 < config.val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1, got {config.val_fraction}")
-    if config.std is not None and any(value <= 0 for value in config.std):
-        raise UserError(f"--std values must be positive, got {','.join(map(str, config.std))}")
-    if config.name is not None and (not config.name or "/" in config.name or config.name in (".", "..")):
-        raise UserError(f"--name must be a plain folder name, got {config.name!r}")
-    if config.unfreeze_at is not None and (config.freeze != "backbone" or not config.unfreeze_at >= 2):
-        raise UserError(
-            f"--unfreeze-at needs --freeze backbone and an epoch of 2 or more, got {config.unfreeze_at}"
-        )
-    if not (math.isfinite(config.backbone_lr_scale) and config.backbone_lr_scale > 0):
-        raise UserError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")
-    if config.dataset == "folder" and not config.data_dir:
-        raise UserError("--dataset folder needs --data-dir ROOT, where ROOT/<class>/ holds the images")
-    from visionfit.runtime import check_device_name
-
-    check_device_name(config.device)
+def config_from(config: TrainConfig | None, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """`config` with `overrides`; without a config, built as the CLI builds it, so that a `recipe=`
+    override (or CIFAR-sized data without a model) brings the recipe's defaults."""
+    if config is None:
+        return build_config(flag_values=overrides, flags_name=source)
+    config = apply_overrides(config, overrides, source)
+    check_config(config)
+    return config
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

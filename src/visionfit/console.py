@@ -36,6 +36,12 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
+def notice(text: str) -> None:
+    """A one-line notice on stderr that must reach the user whoever configured logging (say, that
+    a checkpoint's code is about to run), and that keeps stdout clean for `--json`."""
+    print(f"visionfit: {text}", file=sys.stderr)
+
+
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 

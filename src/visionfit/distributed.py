@@ -17,19 +17,14 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from visionfit.console import logger
-from visionfit.engine.metrics import MetricSums
 from visionfit.errors import UserError
-
-if TYPE_CHECKING:
-    from visionfit.config import TrainConfig
-    from visionfit.runtime import Runtime
 
 T = TypeVar("T")
 Items = TypeVar("Items", bound=Sequence[Any])
@@ -123,39 +118,6 @@ def quiet_unless_main() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def restart_resume(resume: str | Path | None, config: TrainConfig) -> str | Path | None:
-    """What to resume when torchrun restarted the job (`--max-restarts`): the run its first attempt
-    started, found again by every restarted process, instead of a new one. That is the run named
-    `--name` when it exists, else the newest unfinished run with this config (`--resume auto`)."""
-    count = restart_count()
-    if resume is not None or count == 0:
-        return resume
-    target: str | Path = "auto"
-    if (
-        config.name is not None
-        and (Path(config.run_dir).expanduser() / config.name / "config.yaml").is_file()
-    ):
-        target = Path(config.run_dir).expanduser() / config.name
-    logger.info(f"torchrun restart {count}: resuming {target if target != 'auto' else 'the unfinished run'}")
-    return target
-
-
-def check_global_batch(batch_size: int, world_size: int) -> None:
-    if batch_size % world_size:
-        raise UserError(
-            f"--batch-size {batch_size} is the global batch and must divide evenly over "
-            f"{world_size} processes; use a multiple of {world_size}"
-        )
-
-
-def check_process_options(batch_size: int, sync_batchnorm: bool, runtime: Runtime) -> None:
-    """Refuse, before anything is written, what several processes cannot do: a global batch that
-    does not split evenly, or SyncBatchNorm on CPUs."""
-    check_global_batch(batch_size, runtime.world_size)
-    if sync_batchnorm and runtime.distributed and runtime.device.type == "cpu":
-        raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
-
-
 def shard(items: Items, rank: int, world_size: int) -> Items:
     """This rank's part of a global batch (or of an index list): every `world_size`-th item from
     `rank` on. The parts of all ranks are disjoint and together are exactly `items`, so the union
@@ -222,6 +184,15 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def gather_to_main(value: T) -> list[T] | None:
+    """Every rank's `value` (a picklable object), in rank order, on rank 0; None on the others."""
+    if not _several():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size() if is_main() else []
+    dist.gather_object(value, gathered if is_main() else None, dst=0)
+    return gathered if is_main() else None
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one: a decision all ranks share."""
     if not _several():
@@ -244,19 +215,6 @@ def all_finite(loss: torch.Tensor) -> bool:
     return bool(sum_across(finite.to(torch.float32).reshape(1)).item() == dist.get_world_size())
 
 
-def reduce_metric_sums(sums: MetricSums) -> MetricSums:
-    """Add up every rank's evaluation sums (confusion matrix, loss, top-5 hits) into the totals of
-    the whole test set; each rank evaluated a disjoint share, so every image counts once."""
-    if not _several():
-        return sums
-    total = MetricSums(sums.num_classes)
-    total.confusion = sum_across(sums.confusion)
-    scalars = sum_across(torch.tensor([sums.loss_sum, float(sums.top5_correct)], dtype=torch.float64))
-    total.loss_sum = float(scalars[0])
-    total.top5_correct = round(float(scalars[1]))
-    return total
-
-
 def lost_contact_message(error: BaseException, run_dir: Path, timeout_minutes: float) -> str | None:
     """A one-line explanation when `error` says another process stopped answering (it died, hung,
     or its machine left the network) and the collectives gave up; None for any other error."""
@@ -274,12 +232,12 @@ def lost_contact_message(error: BaseException, run_dir: Path, timeout_minutes: f
     )
 
 
-def wrap_model(model: nn.Module, runtime: Runtime) -> nn.Module:
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """The model as DistributedDataParallel (gradients averaged over ranks), or as it is in a single
     process. DDP starts every rank from rank 0's weights and buffers."""
-    if not runtime.distributed:
+    if not _several():
         return model
-    device_ids = [runtime.device] if runtime.device.type == "cuda" else None
+    device_ids = [device] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 

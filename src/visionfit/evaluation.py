@@ -9,101 +9,38 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.transforms.v2 import functional as TF
-
-from visionfit.data import ArraySamples, DataSplits, Samples, load_data
-from visionfit.data.images import open_rgb
-from visionfit.data.loaders import build_eval_loader
-from visionfit.data.transforms import EvalTransform, Preprocess, build_eval_transform
-from visionfit.engine.checkpoint import load_checkpoint
-from visionfit.engine.loops import classify
-from visionfit.engine.metrics import MetricSums
+from visionfit.choices import SPLITS
+from visionfit.data.loaders import eval_loader
+from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.samples import Samples
+from visionfit.data.transforms import PictureReader, Preprocess, as_uint8_tensor, resize_picture
+from visionfit.engine.loops import evaluate
+from visionfit.engine.metrics import Predictions
 from visionfit.errors import UserError
+from visionfit.inference import load_for_inference
 from visionfit.plots import MISTAKES_SHOWN, Mistake, confusion_matrix_figure, mistakes_figure, save_figures
-from visionfit.runtime import Runtime, create_runtime
-from visionfit.serialization import build_model
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Predictions:
-    """Every sample's predicted class and its probability, beside the summed metrics."""
-
-    sums: MetricSums
-    targets: torch.Tensor
-    predicted: torch.Tensor
-    confidence: torch.Tensor
-
-    def most_confident_mistakes(self, count: int = MISTAKES_SHOWN) -> list[int]:
-        """Indices of the wrongly classified samples, most confident first."""
-        wrong = (self.predicted != self.targets).nonzero().flatten()
-        order = self.confidence[wrong].argsort(descending=True, stable=True)
-        return wrong[order][:count].tolist()
-
-
-@torch.inference_mode()
-def predict_batches(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    runtime: Runtime,
-    num_classes: int,
-    *,
-    flip: bool = False,
-    shift: int = 0,
-) -> Predictions:
-    """`engine.loops.evaluate` that also keeps each sample's prediction (for the mistakes grid)."""
-    model.eval()
-    sums = MetricSums(num_classes)
-    targets, predicted, confidence = [], [], []
-    for images, labels in batches:
-        images, labels = runtime.to_device(images), runtime.to_device(labels)
-        with runtime.autocast():
-            logits = classify(model, images, flip=flip, shift=shift)
-        logits = logits.float()
-        sums.update(logits, labels, float(F.cross_entropy(logits, labels, reduction="sum")))
-        probability, index = torch.softmax(logits, dim=1).max(dim=1)
-        targets.append(labels.cpu())
-        predicted.append(index.cpu())
-        confidence.append(probability.cpu())
-    empty = torch.zeros(0, dtype=torch.int64)
-    return Predictions(
-        sums,
-        torch.cat(targets) if targets else empty,
-        torch.cat(predicted) if predicted else empty,
-        torch.cat(confidence) if confidence else empty.float(),
-    )
 
 
 def collect_mistakes(
     predictions: Predictions, samples: Samples, classes: list[str], preprocess: Preprocess
 ) -> list[Mistake]:
     """The most confidently wrong samples, as the model saw them (resized, not normalised)."""
-    resize = EvalTransform(preprocess).resize
-    mistakes = []
-    for index in predictions.most_confident_mistakes():
-        if isinstance(samples, ArraySamples):
-            image, source = samples.images[index], f"#{index}"
-        else:
-            image, source = TF.to_image(open_rgb(samples.paths[index])), str(samples.paths[index])
-        mistakes.append(
-            Mistake(
-                resize(image.as_subclass(torch.Tensor)),
-                classes[int(predictions.targets[index])],
-                classes[int(predictions.predicted[index])],
-                float(predictions.confidence[index]),
-                source,
-            )
+    return [
+        Mistake(
+            resize_picture(as_uint8_tensor(samples.picture(index)), preprocess),
+            classes[true_class],
+            classes[predicted_class],
+            probability,
+            samples.name(index),
         )
-    return mistakes
+        for index, true_class, predicted_class, probability in predictions.most_confident_mistakes(
+            MISTAKES_SHOWN
+        )
+    ]
 
 
 @dataclass
@@ -155,15 +92,19 @@ def evaluate_checkpoint(
     device: str = "auto",
     workers: int = 0,
     precision: str = "auto",
+    trust_model_code: bool = False,
 ) -> EvalResult:
-    """Evaluate a checkpoint on a split of a dataset.
+    """Evaluate a checkpoint on a split of a dataset, with the test-time augmentation its training
+    tested with, so that eval repeats the epoch's numbers.
 
     Without `dataset`/`data_dir`, the ones the checkpoint was trained on; a folder dataset without
     train/ and val/ sub-folders is split with the checkpoint's own seed and fraction, so "test" is
     the very images training held out. "val" and "test" both name the held-out split.
     """
-    loaded = load_checkpoint(checkpoint, device="cpu")
-    config = loaded.metadata.get("config", {})
+    model = load_for_inference(
+        checkpoint, device=device, precision=precision, trust_model_code=trust_model_code
+    )
+    config = model.metadata.get("config", {})
     if dataset is None and data_dir is None:
         dataset, data_dir = config.get("dataset"), config.get("data_dir")
     data = load_data(
@@ -173,26 +114,21 @@ def evaluate_checkpoint(
         seed=config.get("seed", 0),
         notify=print,  # e.g. "reading it as --dataset folder", "using the bundled sample"
     )
-    check_classes(data.classes, loaded.classes, data.description)
+    check_classes(data.classes, model.classes, data.description)
     samples, split_name = _select_split(data, split)
-    preprocess = Preprocess.from_dict(loaded.metadata["preprocess"])
-    runtime = create_runtime(device, precision)
-    model = build_model(loaded).to(runtime.device)
-    loader = build_eval_loader(
+    batches = eval_loader(
         samples,
-        build_eval_transform(preprocess),
+        PictureReader(model.preprocess),
         batch_size=batch_size,
         workers=workers,
-        device=runtime.device,
+        device=model.runtime.device,
     )
-    # as training tested it, so that eval repeats the epoch's numbers
-    predictions = predict_batches(
-        model, loader, runtime, len(loaded.classes), flip=loaded.test_time_flip, shift=loaded.test_time_shift
-    )
-    report = predictions.sums.report(loaded.classes)
-    mistakes = collect_mistakes(predictions, samples, loaded.classes, preprocess)
+    evaluation = evaluate(model.classifier, batches, len(model.classes), keep_predictions=True)
+    assert evaluation.predictions is not None
+    mistakes = collect_mistakes(evaluation.predictions, samples, model.classes, model.preprocess)
+    report = evaluation.sums.report(model.classes)
     description = f"{split_name} of {data.description}"
-    return EvalResult(loaded.path, split, description, loaded.classes, report, mistakes)
+    return EvalResult(model.source or Path(checkpoint), split, description, model.classes, report, mistakes)
 
 
 def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
@@ -234,22 +170,21 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
 def write_training_plots(
     run_dir: Path,
     history: list[dict[str, Any]],
-    model: nn.Module,
-    test_loader: Any,
+    predictions: Predictions,
     samples: Samples,
     classes: list[str],
     preprocess: Preprocess,
-    runtime: Runtime,
     writer: Any = None,
     step: int = 0,
 ) -> list[Path]:
     """At the end of training: confusion_matrix.png, mistakes.png and curves.png in the run folder,
-    and the same images in TensorBoard (`plots/*`), for the final weights."""
+    and the same images in TensorBoard (`plots/*`), for the final weights: the confusion matrix of
+    the last epoch's test (as its metrics say), its most confident mistakes from `predictions`
+    (every test sample's, all processes' shares joined)."""
     from visionfit.plots import curves_figure
 
-    predictions = predict_batches(model, test_loader, runtime, len(classes))
     figures = {
-        "confusion_matrix": confusion_matrix_figure(predictions.sums.confusion, classes),
+        "confusion_matrix": confusion_matrix_figure(history[-1]["test"]["confusion_matrix"], classes),
         "mistakes": mistakes_figure(collect_mistakes(predictions, samples, classes, preprocess)),
         "curves": curves_figure(history),
     }

@@ -24,10 +24,9 @@ import torch
 
 from visionfit.data.folder import class_folders, find_split_folders
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import SUFFIX, save_checkpoint
+from visionfit.engine.checkpoint import SUFFIX, checkpoint_metadata, save_checkpoint
 from visionfit.errors import UserError
-from visionfit.models import create_model, get_model_spec
-from visionfit.serialization import checkpoint_metadata
+from visionfit.models import create_model, get_model_spec, record_of
 
 # The tutorial's test-time transform: Resize((32, 32)) then ToTensor, no Normalize.
 TUTORIAL_MEAN = (0.0, 0.0, 0.0)
@@ -282,10 +281,9 @@ def import_checkpoint(
     if output.resolve() == old_path.resolve():
         raise UserError(f"--out {output} would overwrite the file being imported")
     metadata = checkpoint_metadata(
-        model_name=model,
-        model_args=model_args,
-        classes=classes,
-        preprocess=preprocess,
+        record_of(network),
+        classes,
+        preprocess,
         imported_from={
             "file": old_path.name,
             "kind": kind,

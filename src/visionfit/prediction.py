@@ -1,9 +1,9 @@
 """Using a trained model: `visionfit.load(checkpoint)` → a `Predictor` that turns images into
 readable (class name, probability) lists, with the preprocessing of the checkpoint and nothing else.
 
-Prediction repeats training's evaluation transform exactly, but split in two: the per-image part
-(decode to RGB, resize as uint8) runs on a pool of threads, and the float conversion and
-normalisation run once per batch, which for small images is most of the per-image cost.
+Every picture goes through `picture_pixels` — decoded to RGB with its EXIF orientation, resized to
+the input size exactly as training's evaluation resized it — on a pool of threads; the normalisation,
+the model and the test-time augmentation run once per batch inside the `InferenceModel`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ from typing import Any, BinaryIO
 
 import torch
 from PIL import Image, ImageOps
-from torch import nn
-from torchvision.transforms.v2 import functional as F
 
-from visionfit.data.images import is_image_name, open_rgb, to_rgb
-from visionfit.data.transforms import EvalTransform, Preprocess
-from visionfit.engine.checkpoint import load_checkpoint
-from visionfit.engine.loops import classify
+from visionfit.data.folder import is_image_name
+from visionfit.data.images import open_rgb, to_rgb
+from visionfit.data.transforms import Preprocess, as_uint8_tensor, resize_picture
 from visionfit.errors import UserError
-from visionfit.runtime import Runtime, create_runtime
-from visionfit.serialization import build_model
+from visionfit.inference import InferenceModel, load_for_inference
 
 ImageInput = str | Path | Image.Image | torch.Tensor | BinaryIO
 STDIN = "-"
@@ -44,61 +40,57 @@ class Prediction:
     error: str | None = None
 
 
+def picture_pixels(picture: ImageInput, preprocess: Preprocess) -> torch.Tensor:
+    """One picture as the model's pixels at its input size: a (3, S, S) uint8 tensor, or float on
+    the same 0–255 scale for a float tensor given in [0, 1].
+
+    Paths and binary streams are decoded (EXIF-oriented RGB, as training reads files); PIL images
+    are oriented and converted the same way; tensors of shape (3, H, W) or (1, H, W) are taken as
+    they are. This is the one preprocessing of every prediction: the service, the CLI and the
+    Python API, with a checkpoint or an exported model, all call it.
+    """
+    if isinstance(picture, torch.Tensor):
+        if picture.ndim != 3 or picture.shape[0] not in (1, 3):
+            raise UserError(f"expected an image tensor of shape (3, H, W), got {tuple(picture.shape)}")
+        tensor = picture.expand(3, -1, -1) if picture.shape[0] == 1 else picture
+        if tensor.is_floating_point():
+            tensor = tensor.float() * 255
+    elif isinstance(picture, Image.Image):
+        tensor = as_uint8_tensor(to_rgb(ImageOps.exif_transpose(picture) or picture))
+    else:
+        tensor = as_uint8_tensor(open_rgb(picture))
+    return resize_picture(tensor, preprocess)
+
+
+def stack_pixels(pictures: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One batch of `picture_pixels` results (float when any is)."""
+    if all(picture.dtype == torch.uint8 for picture in pictures):
+        return torch.stack(list(pictures))
+    return torch.stack([picture.float() for picture in pictures])
+
+
+def _is_single(images: Any) -> bool:
+    # A binary stream is one image (iterating it would yield its lines); a 4-D tensor is a batch.
+    return (
+        isinstance(images, (str, Path, Image.Image))
+        or hasattr(images, "read")
+        or (isinstance(images, torch.Tensor) and images.ndim == 3)
+    )
+
+
 class Predictor:
-    """A model with its class names and input transform, ready for `predict`."""
+    """Images in, (class name, probability) lists out, for one `InferenceModel`."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        classes: list[str],
-        preprocess: Preprocess,
-        device: torch.device,
-        *,
-        checkpoint_path: Path | None = None,
-        flip: bool = False,
-        shift: int = 0,
-        precision: str = "fp32",
-    ) -> None:
-        # channels-last runs the convolutions of small images about twice as fast on CPU (oneDNN)
-        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
-        self.classes = list(classes)
-        self.preprocess = preprocess
-        self.device = device
-        self.checkpoint_path = checkpoint_path
-        self.flip = flip  # test-time flip and shift, as the checkpoint's training tested
-        self.shift = shift
-        self.runtime = Runtime(device=device, precision=precision)
-        self.transform = EvalTransform(preprocess)
+    def __init__(self, model: InferenceModel) -> None:
+        self.model = model
 
-    def to_uint8(self, picture: ImageInput) -> torch.Tensor:
-        """Decode (paths, streams) or take (PIL images, tensors) one picture; resize it. A uint8
-        tensor stays uint8; a float tensor is taken as already scaled to [0, 1]."""
-        if isinstance(picture, torch.Tensor):
-            if picture.ndim != 3 or picture.shape[0] not in (1, 3):
-                raise UserError(f"expected an image tensor of shape (3, H, W), got {tuple(picture.shape)}")
-            tensor = picture.expand(3, -1, -1) if picture.shape[0] == 1 else picture
-        else:
-            if isinstance(picture, Image.Image):  # oriented and converted as open_rgb would
-                image = to_rgb(ImageOps.exif_transpose(picture) or picture)
-            else:
-                image = open_rgb(picture)
-            tensor = F.to_image(image).as_subclass(torch.Tensor)
-        return self.transform.resize(tensor)
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
 
-    def batch_tensor(self, resized: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stack resized pictures and convert and normalise them as one batch."""
-        if all(tensor.dtype == torch.uint8 for tensor in resized):
-            return self.transform.to_float(torch.stack(list(resized)))
-        return torch.stack([self.transform.to_float(tensor) for tensor in resized])
-
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (N, num_classes) for a normalised batch."""
-        batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
-        batch = batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
-        with self.runtime.autocast():
-            logits = classify(self.model, batch, flip=self.flip, shift=self.shift)
-        return torch.softmax(logits.float(), dim=1).cpu()
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.model.preprocess
 
     def top_k(self, probabilities: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         values, indices = probabilities.topk(min(k, len(self.classes)), dim=1)
@@ -115,17 +107,15 @@ class Predictor:
     ) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) lists, one per image, most probable first.
 
-        `images`: paths, PIL images, (3, H, W) tensors (uint8, or float in [0, 1]), or a list of
-        them. An unreadable file raises `UserError`; `predict_sources` reports it per row instead.
+        `images`: a path, binary stream, PIL image or (3, H, W) tensor (uint8, or float in [0, 1]),
+        or a list of them. An unreadable file raises `UserError`; `predict_sources` reports it per
+        row instead.
         """
-        single = isinstance(images, (str, Path, Image.Image)) or (
-            isinstance(images, torch.Tensor) and images.ndim == 3
-        )
-        items = [images] if single else list(images)  # a 4-D tensor iterates as its images
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
         results: list[list[tuple[str, float]]] = []
         for start in range(0, len(items), batch_size):
-            resized = [self.to_uint8(item) for item in items[start : start + batch_size]]
-            results.extend(self.top_k(self.probabilities(self.batch_tensor(resized)), top_k))
+            pixels = [picture_pixels(item, self.preprocess) for item in items[start : start + batch_size]]
+            results.extend(self.top_k(self.model.probabilities(stack_pixels(pixels)), top_k))
         return results
 
     def predict_sources(
@@ -136,7 +126,7 @@ class Predictor:
 
         def read(source: str) -> torch.Tensor | str:
             try:
-                return self.to_uint8(sys.stdin.buffer if source == STDIN else source)
+                return picture_pixels(sys.stdin.buffer if source == STDIN else source, self.preprocess)
             except UserError as error:  # the row names the file already
                 return str(error).removeprefix(f"{source}: ")
 
@@ -149,17 +139,19 @@ class Predictor:
                 decoded = [future.result() for future in queued.popleft()]
                 if number + 2 < len(chunks):
                     queued.append([pool.submit(read, source) for source in chunks[number + 2]])
-                good = [index for index, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
-                tops: dict[int, list[tuple[str, float]]] = {}
-                if good:
-                    batch = self.batch_tensor([decoded[index] for index in good])  # type: ignore[misc]
-                    tops = dict(zip(good, self.top_k(self.probabilities(batch), top_k), strict=True))
-                for index, source in enumerate(chunk):
-                    item = decoded[index]
-                    if isinstance(item, str):
-                        yield Prediction(source, [], item)
-                    else:
-                        yield Prediction(source, tops[index])
+                yield from self._rows(chunk, decoded, top_k)
+
+    def _rows(
+        self, chunk: Sequence[str], decoded: list[torch.Tensor | str], top_k: int
+    ) -> Iterator[Prediction]:
+        good = [index for index, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
+        tops: dict[int, list[tuple[str, float]]] = {}
+        if good:
+            batch = stack_pixels([decoded[index] for index in good])  # type: ignore[misc]
+            tops = dict(zip(good, self.top_k(self.model.probabilities(batch), top_k), strict=True))
+        for index, source in enumerate(chunk):
+            item = decoded[index]
+            yield Prediction(source, [], item) if isinstance(item, str) else Prediction(source, tops[index])
 
 
 def load(
@@ -169,31 +161,29 @@ def load(
     precision: str = "auto",
     flip: bool | None = None,
     shift: int | None = None,
+    trust_model_code: bool = False,
 ) -> Predictor:
     """Load a visionfit checkpoint (file or run folder) as a `Predictor`.
 
     `precision="auto"` chooses as training does (bf16 autocast on CPUs with AVX512-BF16 or AMX and on
     GPUs that have it); `"fp32"` gives the exact float32 outputs. `flip` (test-time flip: average
     each image's prediction with its mirror image's) and `shift` (also with copies moved that many
-    pixels; 0: off) default to what the checkpoint's training did.
+    pixels; 0: off) default to what the checkpoint's training did. `trust_model_code`: see
+    `load_for_inference`.
 
     >>> predictor = visionfit.load("runs/my-run")
     >>> predictor.predict(["cat.jpg"], top_k=3)
     [[('cat', 0.81), ('dog', 0.12), ('deer', 0.03)]]
     """
-    loaded = load_checkpoint(checkpoint, device="cpu")
-    model = build_model(loaded)
-    preprocess = Preprocess.from_dict(loaded.metadata["preprocess"])
-    runtime = create_runtime(device, precision)
     return Predictor(
-        model,
-        loaded.classes,
-        preprocess,
-        runtime.device,
-        checkpoint_path=loaded.path,
-        flip=loaded.test_time_flip if flip is None else flip,
-        shift=loaded.test_time_shift if shift is None else shift,
-        precision=runtime.precision,
+        load_for_inference(
+            checkpoint,
+            device=device,
+            precision=precision,
+            flip=flip,
+            shift=shift,
+            trust_model_code=trust_model_code,
+        )
     )
 
 

@@ -11,23 +11,18 @@ import contextlib
 import ctypes
 import os
 import random
-import re
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from visionfit.choices import CHANNELS_LAST, PRECISIONS
+from visionfit.distributed import joined_layout
 from visionfit.errors import UserError
+from visionfit.validation import check_device_name
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_CHOICES = ("auto", *PRECISION_DTYPES)
-
-
-def check_device_name(name: str) -> None:
-    if not _DEVICE_PATTERN.match(name):
-        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,6 +100,18 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers, whose state-dict keys carry no
+    `_orig_mod.` or `module.` prefix."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with bfloat16 arithmetic (AVX512-BF16 or AMX). Elsewhere autocast's bf16
     kernels emulate it and ran 4-8x slower than fp32 (benchmarks/RESULTS.md, AVX2 EPYC)."""
@@ -155,19 +162,17 @@ def keep_freed_memory() -> bool:
 def create_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto") -> Runtime:
     """Pick the device, then the precision and memory layout for it (or check the requested ones)."""
     resolved = resolve_device(device)
-    if precision not in PRECISION_CHOICES:
-        raise UserError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         precision = auto_precision(resolved)
     if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
-    if channels_last not in ("auto", "on", "off"):
-        raise UserError(f"--channels-last must be auto, on or off, got {channels_last!r}")
+    if channels_last not in CHANNELS_LAST:
+        raise UserError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}, got {channels_last!r}")
     layout = auto_channels_last(resolved) if channels_last == "auto" else channels_last == "on"
     if resolved.type == "cpu":
         keep_freed_memory()
-    from visionfit.distributed import joined_layout
-
     rank, world_size, local_rank = joined_layout()
     return Runtime(
         device=resolved,

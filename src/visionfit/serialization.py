@@ -1,101 +1,48 @@
-"""From a trained model to a checkpoint and back: the metadata that makes a checkpoint
-self-describing, and rebuilding the model from it."""
+"""The Python API's checkpoint files: `save_model(model, path)` writes a visionfit checkpoint of any
+model, and `load_model(path)` returns one as a plain `nn.Module`, through the one inference loader."""
 
 from __future__ import annotations
 
-import platform
-import time
 import weakref
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import Checkpoint, load_checkpoint
 from visionfit.errors import UserError
-from visionfit.models import ModelRecord, build_from_record, get_model_spec, record_of
-from visionfit.models.record import remember_record
+from visionfit.inference import load_for_inference
+from visionfit.models import ModelRecord, get_model_spec, record_of
+from visionfit.runtime import unwrap_model
 
 # Classes and preprocessing of the models `load_model` returned, so `save_model` can write them back.
 _LOADED: weakref.WeakKeyDictionary[nn.Module, tuple[list[str], Preprocess]] = weakref.WeakKeyDictionary()
 
 
-def versions() -> dict[str, str]:
-    import torchvision
-
-    from visionfit import __version__
-
-    return {
-        "visionfit": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def checkpoint_metadata(
-    *,
-    model_name: str,
-    model_args: dict[str, Any],
-    classes: list[str],
-    preprocess: Preprocess,
-    model_record: ModelRecord | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """What a checkpoint must say so that it alone rebuilds and feeds the model."""
-    record = model_record or ModelRecord(model_name, len(classes), dict(model_args))
-    return {
-        "model": record.to_dict(),
-        "classes": list(classes),
-        "preprocess": preprocess.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": versions(),
-        **fields,
-    }
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile's and DDP's wrappers, whose state-dict keys carry no
-    `_orig_mod.` or `module.` prefix."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def build_model(checkpoint: Checkpoint, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the checkpoint's architecture (or take `model`, built by the caller) and load its
-    weights strictly: every tensor must fit."""
-    record = ModelRecord.from_dict(checkpoint.metadata["model"])
-    if model is None:
-        model = build_from_record(record)
-    try:
-        model.load_state_dict(checkpoint.model_state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise UserError(f"{checkpoint.path}: weights do not fit model {record.name} ({first})") from None
-    return model
-
-
 def load_model(
-    path: str | Path, *, model: nn.Module | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    model: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    trust_model_code: bool = False,
 ) -> nn.Module:
-    """Load a visionfit checkpoint as an `nn.Module` in eval mode on `device`.
+    """Load a visionfit checkpoint as an `nn.Module` in eval mode on `device`, in float32.
 
     Registry and torchvision models are rebuilt by name; a user's `file.py:Class` needs that file
-    again. A model that was trained as an instance (`train(config, model=...)`) is rebuilt by the
-    caller: pass it as `model`, and the checkpoint's weights are loaded into it.
+    again, and runs it (refused when it is not the file training used, unless
+    `trust_model_code=True`). A model that was trained as an instance (`train(config, model=...)`)
+    is rebuilt by the caller: pass it as `model`, and the checkpoint's weights are loaded into it.
     """
-    checkpoint = load_checkpoint(path, device="cpu")
-    loaded = build_model(checkpoint, model)
-    remember_record(loaded, ModelRecord.from_dict(checkpoint.metadata["model"]))
-    _LOADED[loaded] = (checkpoint.classes, Preprocess.from_dict(checkpoint.metadata["preprocess"]))
-    return loaded.to(device).eval()
+    loaded = load_for_inference(
+        path,
+        device=str(device),
+        precision="fp32",
+        channels_last="off",
+        model=model,
+        trust_model_code=trust_model_code,
+    )
+    _LOADED[loaded.network] = (loaded.classes, loaded.preprocess)
+    return loaded.network
 
 
 def save_model(
@@ -111,7 +58,7 @@ def save_model(
     any other `nn.Module` needs `classes` (its class is recorded as `module:Class`, and loading it
     back needs `load_model(path, model=...)`).
     """
-    from visionfit.engine.checkpoint import SUFFIX, save_checkpoint
+    from visionfit.engine.checkpoint import SUFFIX, checkpoint_metadata, save_checkpoint
 
     plain = unwrap_model(model)
     path = Path(path).expanduser()
@@ -124,14 +71,7 @@ def save_model(
     if len(classes) != record.num_classes:
         raise UserError(f"save_model: {len(classes)} class names for a {record.num_classes}-way model")
     preprocess = preprocess or known_preprocess or _default_preprocess(record)
-    metadata = checkpoint_metadata(
-        model_name=record.name,
-        model_args=record.args,
-        classes=classes,
-        preprocess=preprocess,
-        model_record=record,
-    )
-    save_checkpoint(path, plain.state_dict(), metadata)
+    save_checkpoint(path, plain.state_dict(), checkpoint_metadata(record, classes, preprocess))
     return path
 
 

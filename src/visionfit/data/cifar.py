@@ -1,189 +1,86 @@
-"""CIFAR-10: find a local copy, download the official archive, read the pickled batches safely,
-and the small sample that ships inside the package."""
+"""The `cifar10` and `cifar10-sample` datasets: where a local copy is, and loading it, the
+official download, or the sample bundled with the package (`cifar_files` reads and fetches the
+files; it is imported when a source loads, since `--help` reads this registry entry)."""
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
-import tarfile
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
-import torch
-
+from visionfit.data.registry import DataRequest, DataSplits, register_dataset
 from visionfit.errors import UserError
+from visionfit.paths import cache_dir
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
-SAMPLE_FILE = Path(__file__).parent / "cifar10_sample.npz"
-
-
-@dataclass
-class ArraySamples:
-    """Images held in memory as one uint8 tensor (N, 3, H, W) with int64 labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def cache_dir() -> Path:
-    """visionfit's cache: $VISIONFIT_CACHE, else $XDG_CACHE_HOME/visionfit, else ~/.cache/visionfit."""
-    if os.environ.get("VISIONFIT_CACHE"):
-        return Path(os.environ["VISIONFIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "visionfit"
 
 
 def default_cifar10_root() -> Path:
     return cache_dir() / "cifar10"
 
 
-def _is_batches_folder(folder: Path) -> bool:
+def is_batches_folder(folder: Path) -> bool:
     return all((folder / name).is_file() for name in (*TRAIN_BATCHES, "test_batch"))
 
 
 def find_cifar10(data_dir: Path) -> Path | None:
     """The cifar-10-batches-py folder at `data_dir` or directly inside it, if there is one."""
     for candidate in (data_dir, data_dir / BATCHES_FOLDER):
-        if _is_batches_folder(candidate):
+        if is_batches_folder(candidate):
             return candidate
     return None
 
 
-def download_url() -> str:
-    """The archive's address; $VISIONFIT_CIFAR10_URL names a mirror serving the same file."""
-    return os.environ.get("VISIONFIT_CIFAR10_URL", CIFAR10_URL)
+def _is_cifar_folder(path: Path) -> bool:
+    return find_cifar10(path) is not None
 
 
-def download_cifar10(root: Path) -> Path:
-    """Download the official archive into `root` (md5-checked, with a progress bar) and unpack it.
-
-    Raises `UserError` saying how to use a local copy when the download fails.
-    """
-    from torchvision.datasets.utils import download_url as torchvision_download
-
-    url = download_url()
-    archive = root / "cifar-10-python.tar.gz"
-    hint = (
-        f"without network, point --data-dir at a folder holding {BATCHES_FOLDER} (or that folder "
-        "itself), or use --dataset cifar10-sample"
-    )
+@register_dataset(
+    "cifar10",
+    description="CIFAR-10 (default; falls back to the bundled cifar10-sample when it is neither "
+    "cached nor downloadable)",
+    recognises=_is_cifar_folder,
+    holds=BATCHES_FOLDER,
+    recipe="fast",
+)
+def load_cifar10(request: DataRequest) -> DataSplits:
+    """A local copy at --data-dir (or in visionfit's cache), else the official download; when the
+    user named no data at all and neither works, the bundled sample, after one line saying so."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(
-            f"cannot create the CIFAR-10 folder {root}: {error.strerror}; choose another with --data-dir"
-        ) from None
-    try:
-        torchvision_download(url, str(root), filename=archive.name, md5=CIFAR10_MD5)
-    except RuntimeError as error:  # torchvision's "File not found or corrupted." after an md5 mismatch
-        archive.unlink(missing_ok=True)
-        raise UserError(
-            f"the CIFAR-10 download from {url} failed its md5 check ({error}); try again, or {hint}"
-        ) from None
-    except OSError as error:  # URLError, HTTPError, timeouts and disk errors are all OSErrors
-        archive.unlink(missing_ok=True)
-        reason = getattr(error, "reason", None) or error.strerror or error
-        raise UserError(f"cannot download CIFAR-10 from {url} ({reason}); {hint}") from None
-    with tempfile.TemporaryDirectory(dir=root, prefix=".unpack-") as staging:
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(staging, filter="data")  # refuses absolute paths and links outside
-        except (tarfile.TarError, OSError) as error:
-            raise UserError(f"cannot unpack {archive}: {error}; delete it and try again") from None
-        unpacked = Path(staging) / BATCHES_FOLDER
-        if not _is_batches_folder(unpacked):
-            raise UserError(f"{archive} does not hold a {BATCHES_FOLDER} folder; delete it and try again")
-        os.replace(unpacked, root / BATCHES_FOLDER)
-    archive.unlink()
-    return root / BATCHES_FOLDER
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds only numpy arrays and plain containers: a crafted batch file cannot run code."""
-
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _read_batch(path: Path) -> dict[str, object]:
-    try:
-        with open(path, "rb") as file:
-            batch = _ArrayUnpickler(file, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise UserError(f"{path} is not a CIFAR-10 batch file ({error})") from None
-    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise UserError(f"{path} is not a CIFAR-10 batch file (no 'data' and 'labels')")
-    return batch
-
-
-def _batch_arrays(paths: list[Path]) -> ArraySamples:
-    images, labels = [], []
-    for path in paths:
-        batch = _read_batch(path)
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise UserError(f"{path}: expected rows of 3072 values, got an array of shape {data.shape}")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
-    return ArraySamples(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
-
-
-def read_cifar10(folder: Path) -> tuple[ArraySamples, ArraySamples]:
-    """Read a cifar-10-batches-py folder. Any copy in that layout loads: there is no md5 check here,
-    only on what `download_cifar10` fetched."""
-    train = _batch_arrays([folder / name for name in TRAIN_BATCHES])
-    test = _batch_arrays([folder / "test_batch"])
-    for split in (train, test):
-        if split.labels.numel() and not 0 <= int(split.labels.min()) <= int(split.labels.max()) < 10:
-            raise UserError(f"{folder}: labels outside 0..9; is this CIFAR-100?")
-    return train, test
-
-
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
-    from PIL import Image
-
-    images = np.empty((len(offsets) - 1, 3, 32, 32), dtype=np.uint8)
-    for index in range(len(offsets) - 1):
-        data = blob[offsets[index] : offsets[index + 1]].tobytes()
-        with Image.open(io.BytesIO(data)) as image:
-            images[index] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
-    return torch.from_numpy(images)
-
-
-def load_cifar10_sample() -> tuple[ArraySamples, ArraySamples]:
-    """The CIFAR-10 sample bundled with the package: 500 train and 100 test images a class, stored
-    as their original JPEG bytes (the same q75 JPEGs as the development copy, not re-encoded)."""
-    with np.load(SAMPLE_FILE, allow_pickle=False) as sample:
-        splits = tuple(
-            ArraySamples(
-                _decode_jpegs(sample[f"{split}_jpeg"], sample[f"{split}_offsets"]),
-                torch.from_numpy(sample[f"{split}_labels"].astype(np.int64)),
-            )
-            for split in ("train", "test")
+        return _cifar10(request.data_dir)
+    except UserError as error:
+        if not request.unnamed:
+            raise
+        request.notify(
+            f"CIFAR-10 is not in {default_cifar10_root()} and could not be downloaded "
+            f"({str(error).split(';')[0]}); training on the bundled cifar10-sample instead "
+            "(use --dataset cifar10 --data-dir DIR for a local copy)"
         )
-    return splits[0], splits[1]
+        return load_sample(request)
+
+
+def _cifar10(data_dir: str | None) -> DataSplits:
+    root = Path(data_dir).expanduser() if data_dir else default_cifar10_root()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--data-dir {root} is a file; point it at a folder")
+    from visionfit.data.cifar_files import download_cifar10, read_cifar10
+
+    folder = find_cifar10(root) or download_cifar10(root)
+    train, test = read_cifar10(folder)
+    description = f"CIFAR-10 from {folder} ({len(train)} train / {len(test)} test)"
+    return DataSplits("cifar10", list(CIFAR10_CLASSES), train, test, description)
+
+
+@register_dataset(
+    "cifar10-sample",
+    description="the CIFAR-10 sample bundled with visionfit (5,000 train / 1,000 test images)",
+    recipe="fast",
+)
+def load_sample(request: DataRequest) -> DataSplits:
+    from visionfit.data.cifar_files import load_cifar10_sample
+
+    train, test = load_cifar10_sample()
+    description = f"CIFAR-10 sample bundled with visionfit ({len(train)} train / {len(test)} test)"
+    return DataSplits("cifar10-sample", list(CIFAR10_CLASSES), train, test, description)

@@ -1,26 +1,24 @@
-"""Image-folder datasets: ROOT/<class>/<images>, optionally split into ROOT/train and ROOT/val."""
+"""Image-folder datasets: ROOT/<class>/<images>, optionally split into ROOT/train and ROOT/val.
+Registers the `folder` dataset (torch is imported inside the functions: `--help` reads the registry)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from visionfit.data.images import IMAGE_EXTENSIONS, is_image_name
+from visionfit.data.registry import DataRequest, DataSplits, register_dataset
 from visionfit.errors import UserError
 
+if TYPE_CHECKING:
+    from visionfit.data.samples import FileSamples
 
-@dataclass
-class FileSamples:
-    """Image files and their class indices."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
-    paths: list[Path]
-    labels: list[int]
 
-    def __len__(self) -> int:
-        return len(self.paths)
+def is_image_name(name: str) -> bool:
+    """True for names with an image extension that are not hidden (like macOS's `._x.jpg`)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def class_folders(root: Path) -> list[str]:
@@ -61,6 +59,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 def scan_classes(root: Path, classes: list[str] | None = None) -> tuple[list[str], FileSamples]:
     """Collect ROOT/<class>/**/<image> files. With `classes` given, folders must be among them."""
+    from visionfit.data.samples import FileSamples
+
     found = class_folders(root)
     if not found:
         raise UserError(f"{root} has no class folders; expected {root}/<class name>/<images>")
@@ -90,6 +90,10 @@ def stratified_split(
     samples: FileSamples, num_classes: int, fraction: float, seed: int
 ) -> tuple[FileSamples, FileSamples]:
     """Hold out `fraction` of every class (at least one image of classes with two or more)."""
+    import torch
+
+    from visionfit.data.samples import FileSamples
+
     generator = torch.Generator().manual_seed(seed)
     train, held_out = FileSamples([], []), FileSamples([], [])
     for label in range(num_classes):
@@ -137,3 +141,19 @@ def load_folder(
             "or create train/ and val/ sub-folders"
         )
     return classes, train, test, f"{root}, {val_fraction:g} of each class held out (seed {seed})"
+
+
+@register_dataset(
+    "folder",
+    description="your images, ROOT/<class>/<images> (or ROOT/train and ROOT/val)",
+    needs_data_dir="ROOT, where ROOT/<class>/ holds the images",
+    recognises=lambda path: bool(class_folders(path)),
+    holds="class folders",
+)
+def load_folder_dataset(request: DataRequest) -> DataSplits:
+    assert request.data_dir is not None  # needs_data_dir
+    classes, train, test, where = load_folder(
+        Path(request.data_dir).expanduser(), request.val_fraction, request.seed
+    )
+    description = f"{len(classes)} classes from {where} ({len(train)} train / {len(test)} test)"
+    return DataSplits("folder", classes, train, test, description)

@@ -15,14 +15,7 @@ from PIL import Image, ImageOps
 
 from visionfit.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-
-
-def is_image_name(name: str) -> bool:
-    """True for names with an image extension that are not hidden (like macOS's `._x.jpg`)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

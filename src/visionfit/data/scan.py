@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
-from visionfit.data.folder import FileSamples
+from visionfit.data.registry import DataSplits
+from visionfit.distributed import broadcast_from_main
+from visionfit.errors import UserError
 
 # JPEG can decode at 1/8 scale straight from its DCT coefficients: every byte of the entropy-coded
 # data is still read (truncation is caught) at a fraction of the cost of a full decode.
@@ -47,9 +50,24 @@ def find_bad_images(paths: list[Path], workers: int | None = None) -> list[tuple
     return [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
 
 
-def without(samples: FileSamples, bad: set[Path]) -> FileSamples:
-    """The samples minus the `bad` files; class indices are untouched."""
-    kept = [
-        (path, label) for path, label in zip(samples.paths, samples.labels, strict=True) if path not in bad
-    ]
-    return FileSamples([path for path, _ in kept], [label for _, label in kept])
+def screen_images(
+    data: DataSplits, policy: str, notify: Callable[[str], None]
+) -> tuple[DataSplits, list[tuple[Path, str]]]:
+    """Decode-check every image file of the dataset before training (one process decodes, all
+    agree): stop with the list of unreadable files (`policy` "error"), or leave them out ("skip")
+    and return them for the run folder's skipped_images.txt."""
+    files = data.train.files() + data.test.files()
+    if not files:
+        return data, []
+    bad = broadcast_from_main(lambda: find_bad_images(files))
+    if not bad:
+        return data, []
+    if policy == "error":
+        shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise UserError(
+            f"{len(bad)} unreadable image file(s): {shown}{more}; "
+            "fix or remove them, or pass --bad-images skip to leave them out"
+        )
+    notify(f"warning: leaving out {len(bad)} unreadable image file(s) (--bad-images skip)")
+    return data.without({path for path, _ in bad}), bad

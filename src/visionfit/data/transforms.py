@@ -1,12 +1,16 @@
-"""Preprocessing as the tutorial knows it (Resize, ToTensor, Normalize, RandomCrop, flips), built
-from one `Preprocess` record that travels inside every checkpoint, so that prediction repeats the
-evaluation transform of training exactly.
+"""Preprocessing as the tutorial knows it (Resize, ToTensor, Normalize), built from one
+`Preprocess` record that travels inside every checkpoint, so that evaluation, prediction, serving
+and export resize a picture exactly as training's evaluation did.
 
-The transforms are small classes over torchvision's functional ops rather than a `v2.Compose`,
-because training draws its random choices from a per-sample `random.Random` passed in by the
-caller: v2's transforms read torch's global RNG, and saving and restoring that around every sample
-cost 280 µs, more than the augmentation itself. A sample's augmentation is then a pure function of
-its seed, whatever process or worker applies it.
+This module holds the per-picture part: any picture → a uint8 (3, S, S) tensor at the model's input
+size, by the evaluation resize, or (training on large pictures) by a random resized crop of the
+original. Everything after that — crops and flips of small pictures, normalisation — happens a
+batch at a time on the training device (`augment`), the same code for every data path.
+
+The random resized crop draws from a per-sample `random.Random` passed in by the caller rather than
+from torch's global RNG (which v2's transforms read): saving and restoring that around every sample
+cost 280 µs, more than the crop itself, and a sample's crop is then a pure function of its seed,
+whatever process or worker applies it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from visionfit.choices import RESIZE_MODES
 from visionfit.errors import UserError
 
-RESIZE_MODES = ("crop", "squash")
 # Up to this side length a picture is "small" (CIFAR-like): augment by padding and shifting rather
 # than by cropping a random part of it, which would throw away most of so few pixels.
 SMALL_IMAGE_SIDE = 64
@@ -74,76 +78,61 @@ class Preprocess:
 Picture = Image.Image | torch.Tensor
 
 
-class EvalTransform:
-    """PIL image or uint8 CHW tensor → normalised float CHW tensor; deterministic."""
+def as_uint8_tensor(picture: Picture) -> torch.Tensor:
+    """A PIL image or a (3, H, W) tensor as a plain tensor (uint8 stays uint8)."""
+    return F.to_image(picture).as_subclass(torch.Tensor)
 
-    def __init__(self, preprocess: Preprocess) -> None:
-        self.preprocess = preprocess
 
-    def resize(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Bring a uint8 tensor to input_size x input_size (no work when it already is)."""
-        size = self.preprocess.input_size
-        height, width = tensor.shape[-2:]
-        if self.preprocess.resize_mode == "squash":
-            if (height, width) != (size, size):
-                tensor = F.resize(
-                    tensor, [size, size], interpolation=self.preprocess.interpolation_mode, antialias=True
-                )
-            return tensor
-        shorter = round(size / self.preprocess.crop_fraction)
-        if min(height, width) != shorter:
+def resize_picture(tensor: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """The evaluation resize: a (3, H, W) tensor brought to input_size x input_size (no work when it
+    already is). "crop": shorter side to input_size / crop_fraction, then the centre square;
+    "squash": straight to the square."""
+    size = preprocess.input_size
+    height, width = tensor.shape[-2:]
+    if preprocess.resize_mode == "squash":
+        if (height, width) != (size, size):
             tensor = F.resize(
-                tensor, [shorter], interpolation=self.preprocess.interpolation_mode, antialias=True
+                tensor, [size, size], interpolation=preprocess.interpolation_mode, antialias=True
             )
-        if tuple(tensor.shape[-2:]) != (size, size):
-            tensor = F.center_crop(tensor, [size, size])
         return tensor
+    shorter = round(size / preprocess.crop_fraction)
+    if min(height, width) != shorter:
+        tensor = F.resize(tensor, [shorter], interpolation=preprocess.interpolation_mode, antialias=True)
+    if tuple(tensor.shape[-2:]) != (size, size):
+        tensor = F.center_crop(tensor, [size, size])
+    return tensor
 
-    def to_float(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = F.to_dtype(tensor, torch.float32, scale=True)
-        return F.normalize(tensor, list(self.preprocess.mean), list(self.preprocess.std))
+
+def uses_padded_crops(preprocess: Preprocess) -> bool:
+    """Small (CIFAR-like) pictures are augmented by padding and shifting rather than by cropping a
+    random part of the original, which would throw away most of so few pixels."""
+    return preprocess.input_size <= SMALL_IMAGE_SIDE
+
+
+class PictureReader:
+    """Picture → uint8 (3, S, S) tensor for the per-sample loader: the evaluation resize, or with
+    `random_crop` torchvision's RandomResizedCrop of the original, drawn from the sample's RNG."""
+
+    def __init__(self, preprocess: Preprocess, random_crop: bool = False) -> None:
+        self.preprocess = preprocess
+        self.random_crop = random_crop
 
     def __call__(self, picture: Picture, rng: random.Random | None = None) -> torch.Tensor:
-        return self.to_float(self.resize(F.to_image(picture).as_subclass(torch.Tensor)))
-
-
-class TrainTransform(EvalTransform):
-    """The evaluation transform plus, with `augment`, a random crop and horizontal flip.
-
-    Small images are padded by an eighth of their side (reflected, 4 pixels at 32) and cropped back,
-    as in every CIFAR recipe; larger ones get the ImageNet-style random resized crop.
-    """
-
-    def __init__(self, preprocess: Preprocess, augment: bool) -> None:
-        super().__init__(preprocess)
-        self.augment = augment
-
-    def __call__(self, picture: Picture, rng: random.Random | None = None) -> torch.Tensor:
-        tensor = F.to_image(picture).as_subclass(torch.Tensor)
-        if not self.augment:
-            return self.to_float(self.resize(tensor))
-        rng = rng or random.Random()
+        tensor = as_uint8_tensor(picture)
+        if not self.random_crop:
+            return resize_picture(tensor, self.preprocess)
+        top, left, height, width = random_resized_crop_box(*tensor.shape[-2:], rng or random.Random())
         size = self.preprocess.input_size
-        if size <= SMALL_IMAGE_SIDE:
-            padding = max(1, size // 8)
-            padded = F.pad(self.resize(tensor), [padding], padding_mode="reflect")
-            top, left = rng.randint(0, 2 * padding), rng.randint(0, 2 * padding)
-            tensor = padded[..., top : top + size, left : left + size]
-        else:
-            top, left, height, width = random_resized_crop_box(*tensor.shape[-2:], rng)
-            tensor = F.resized_crop(
-                tensor,
-                top,
-                left,
-                height,
-                width,
-                [size, size],
-                interpolation=self.preprocess.interpolation_mode,
-                antialias=True,
-            )
-        if rng.random() < 0.5:
-            tensor = F.horizontal_flip(tensor)
-        return self.to_float(tensor)
+        return F.resized_crop(
+            tensor,
+            top,
+            left,
+            height,
+            width,
+            [size, size],
+            interpolation=self.preprocess.interpolation_mode,
+            antialias=True,
+        )
 
 
 def random_resized_crop_box(height: int, width: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -170,11 +159,3 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random) -> tupl
     else:
         crop_width, crop_height = width, height
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
-
-
-def build_eval_transform(preprocess: Preprocess) -> EvalTransform:
-    return EvalTransform(preprocess)
-
-
-def build_train_transform(preprocess: Preprocess, augment: bool) -> TrainTransform:
-    return TrainTransform(preprocess, augment)

@@ -14,17 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from visionfit.errors import UserError
+
+if TYPE_CHECKING:
+    from visionfit.data.transforms import Preprocess
+    from visionfit.models.record import ModelRecord
 
 FORMAT = "visionfit-checkpoint"
 FORMAT_VERSION = 1
@@ -54,6 +60,35 @@ class Checkpoint:
     def test_time_shift(self) -> int:
         """The shift in pixels of training's test-time augmentation (0: none)."""
         return int(self.metadata.get("config", {}).get("test_time_shift", 0))
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from visionfit import __version__
+
+    return {
+        "visionfit": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def checkpoint_metadata(
+    record: ModelRecord, classes: list[str], preprocess: Preprocess, **fields: Any
+) -> dict[str, Any]:
+    """What a checkpoint must say so that it alone rebuilds and feeds the model: the model's
+    record, the class names, the preprocessing, when and by what it was written, and `fields`
+    (epoch, metrics, config, ...)."""
+    return {
+        "model": record.to_dict(),
+        "classes": list(classes),
+        "preprocess": preprocess.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        **fields,
+    }
 
 
 def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:

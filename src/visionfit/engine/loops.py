@@ -1,4 +1,4 @@
-"""The training step loop and the evaluation loop: plain functions, no file I/O.
+"""The training step loop and the one evaluation loop: plain functions, no file I/O.
 
 `train_steps` is a generator: it yields after every optimizer step, so the caller decides what to
 print, log or checkpoint between steps without hooks or callbacks reaching into the loop.
@@ -7,7 +7,7 @@ print, log or checkpoint between steps without hooks or callbacks reaching into 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionfit.distributed import all_finite
-from visionfit.engine.metrics import MetricSums
+from visionfit.engine.metrics import MetricSums, Predictions
 from visionfit.runtime import Runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -120,24 +120,62 @@ def _mirrored(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tenso
     return logits
 
 
+class Classifier:
+    """uint8 image batches → float32 logits: the input preparation (normalisation, layout), the
+    network in eval mode under the runtime's autocast, and test-time augmentation (`classify`).
+    Training's tests and every use of a trained model classify through one of these."""
+
+    def __init__(
+        self,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+        runtime: Runtime,
+        *,
+        flip: bool = False,
+        shift: int = 0,
+    ) -> None:
+        self.network = network
+        self.prepare = prepare
+        self.runtime = runtime
+        self.flip = flip
+        self.shift = shift
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.network, nn.Module):
+            self.network.eval()
+        images = self.prepare(images.to(self.runtime.device, non_blocking=self.runtime.device.type == "cuda"))
+        with self.runtime.autocast():
+            logits = classify(self.network, images, flip=self.flip, shift=self.shift)
+        return logits.float()
+
+
+@dataclass
+class Evaluation:
+    """What one pass over a test set measured: the summed metrics and, when kept, every sample's
+    prediction (this process's share of the samples)."""
+
+    sums: MetricSums
+    predictions: Predictions | None = None
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    runtime: Runtime,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     num_classes: int,
     *,
-    flip: bool = False,
-    shift: int = 0,
-) -> MetricSums:
-    """Run the model over every batch in eval mode and sum loss, hits and the confusion matrix."""
-    model.eval()
+    keep_predictions: bool = False,
+) -> Evaluation:
+    """Classify every `(images, labels, sample indices)` batch and sum loss, hits and the confusion
+    matrix; with `keep_predictions`, also keep each sample's predicted class and probability."""
     sums = MetricSums(num_classes)
-    for images, targets in batches:
-        images, targets = runtime.to_device(images), runtime.to_device(targets)
-        with runtime.autocast():
-            logits = classify(model, images, flip=flip, shift=shift)
-        logits = logits.float()
-        loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-        sums.update(logits, targets, float(loss_sum))
-    return sums
+    kept = []
+    for images, labels, indices in batches:
+        logits = classifier(images)
+        labels = labels.to(logits.device)
+        sums.update(logits, labels, float(F.cross_entropy(logits, labels, reduction="sum")))
+        if keep_predictions:
+            probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
+            kept.append((indices.cpu(), labels.cpu(), predicted.cpu(), probability.cpu()))
+    return Evaluation(sums, Predictions.from_batches(kept) if keep_predictions else None)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from visionfit.distributed import sum_across
+
 
 @dataclass
 class MetricSums:
@@ -40,10 +42,63 @@ class MetricSums:
         self.top5_correct += int((top == targets.unsqueeze(1)).any(dim=1).sum())
         self.loss_sum += float(loss_sum)
 
+    def across_processes(self) -> MetricSums:
+        """Every process's sums added up: the totals of the whole test set, when each process
+        evaluated a disjoint share of it (every image counts once). These sums in one process."""
+        total = MetricSums(self.num_classes)
+        total.confusion = sum_across(self.confusion)
+        scalars = sum_across(torch.tensor([self.loss_sum, float(self.top5_correct)], dtype=torch.float64))
+        total.loss_sum = float(scalars[0])
+        total.top5_correct = round(float(scalars[1]))
+        return total
+
     def report(self, classes: list[str]) -> dict[str, Any]:
         return classification_report(
             self.confusion, classes, loss_sum=self.loss_sum, top5_correct=self.top5_correct
         )
+
+
+@dataclass
+class Predictions:
+    """Every evaluated sample's index in its split, true class, predicted class and probability."""
+
+    indices: torch.Tensor
+    targets: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    @classmethod
+    def from_batches(cls, batches: list[tuple[torch.Tensor, ...]]) -> Predictions:
+        if not batches:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return cls(empty, empty, empty, empty.float())
+        return cls(*(torch.cat(column) for column in zip(*batches, strict=True)))
+
+    @classmethod
+    def joined(cls, parts: list[Predictions]) -> Predictions:
+        """The predictions of several processes' shares as one, in sample order."""
+        whole = cls.from_batches(
+            [(part.indices, part.targets, part.predicted, part.confidence) for part in parts]
+        )
+        order = whole.indices.argsort(stable=True)
+        return cls(
+            whole.indices[order], whole.targets[order], whole.predicted[order], whole.confidence[order]
+        )
+
+    def most_confident_mistakes(self, count: int) -> list[tuple[int, int, int, float]]:
+        """(sample index, true class, predicted class, probability) of the wrongly classified
+        samples, most confident first."""
+        wrong = (self.predicted != self.targets).nonzero().flatten()
+        chosen = wrong[self.confidence[wrong].argsort(descending=True, stable=True)][:count]
+        return [
+            (
+                int(self.indices[at]),
+                int(self.targets[at]),
+                int(self.predicted[at]),
+                float(self.confidence[at]),
+            )
+            for at in chosen
+        ]
 
 
 def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

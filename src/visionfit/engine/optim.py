@@ -1,14 +1,52 @@
-"""Optimizer and learning-rate schedule, built from the config."""
+"""What changes the weights: the loss, the optimizer, the learning-rate schedule and the grad
+scaler, built from the config."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from visionfit.config import TrainConfig
+from visionfit.models.freezing import parameter_groups
+
+if TYPE_CHECKING:
+    from visionfit.config import TrainConfig
+    from visionfit.runtime import Runtime
+
+
+@dataclass
+class Optimization:
+    """The loss and the objects a training step updates (saved in every `last` checkpoint)."""
+
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @property
+    def lr(self) -> float:
+        """The head's learning rate now (the first parameter group's), the one that is logged."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def create_optimization(
+    model: nn.Module, config: TrainConfig, runtime: Runtime, num_classes: int, steps_per_epoch: int
+) -> Optimization:
+    """Label-smoothed cross-entropy, the optimizer (a head and a slower backbone as two groups when
+    transfer learning asks for it), its per-step schedule and the precision's grad scaler."""
+    groups = None
+    if config.freeze != "none" or config.backbone_lr_scale != 1.0:
+        groups = parameter_groups(model, num_classes, config.lr, config.backbone_lr_scale)
+    optimizer = create_optimizer(model, config, groups)
+    return Optimization(
+        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        optimizer,
+        create_scheduler(optimizer, config, steps_per_epoch),
+        runtime.grad_scaler(),
+    )
 
 
 def create_optimizer(

@@ -2,7 +2,10 @@
 
 The class is imported (a file is executed as a module, like `python model.py` would), built with
 the `--model-arg` values, and given `num_classes` when its constructor takes that argument. A
-checkpoint records the reference and the file's absolute path, so loading it needs the same file.
+checkpoint records the reference, the file's absolute path and its SHA-256, so loading it needs the
+same file — and runs it. `check_model_code` is the gate on that path: it says in one line which
+file or module is about to run, and refuses a file whose hash is not the recorded one unless the
+user trusts it (`--trust-model-code`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from visionfit.console import notice
 from visionfit.errors import UserError
 
 
@@ -30,8 +34,10 @@ def file_digest(path: Path) -> str:
 
 
 def _import_file(path: Path) -> Any:
-    # One module per file path, reused, so that loading a checkpoint twice does not run the file twice.
-    module_name = "visionfit_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    # One module per file path and contents, reused, so that loading a checkpoint twice does not run
+    # the file twice, and a file changed since does run again.
+    key = f"{path}\0{file_digest(path)}"
+    module_name = "visionfit_user_model_" + hashlib.sha1(key.encode()).hexdigest()[:12]
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -59,18 +65,50 @@ def resolve_reference(reference: str) -> tuple[str, str, Path | None]:
     return where, class_name, None
 
 
-def load_class(reference: str, *, file: str | None = None) -> type[nn.Module]:
-    """The `nn.Module` subclass named by `reference`; `file` is an absolute path to try when
-    the reference's own (possibly relative) path is not there (a checkpoint read elsewhere)."""
+def model_file(reference: str, file: str | None = None) -> Path | None:
+    """The file that defines `reference`'s class (None for a module reference); `file` is an
+    absolute path to try when the reference's own (possibly relative) path is not there (a
+    checkpoint read elsewhere)."""
     where, class_name, path = resolve_reference(reference)
+    if path is None:
+        return None
+    if not path.is_file() and file and Path(file).is_file():
+        path = Path(file)
+    if not path.is_file():
+        raise UserError(
+            f"model file {where} not found{f' (nor {file})' if file else ''}; the model class "
+            f"{class_name} is defined there: put the file back or run from its folder"
+        )
+    return path
+
+
+def check_model_code(reference: str, file: str | None, recorded_sha256: str | None, trust: bool) -> None:
+    """Before a checkpoint's model class is imported: refuse a model file that is not the one
+    training used (its SHA-256 differs, or none was recorded) unless `trust`, and say in one line
+    which code is about to run."""
+    where, class_name, _ = resolve_reference(reference)
+    path = model_file(reference, file)
+    if path is None:
+        notice(f"importing the module {where} for the model class {class_name} the checkpoint names")
+        return
+    digest = file_digest(path)
+    if digest != recorded_sha256 and not trust:
+        recorded = f"SHA-256 {recorded_sha256[:12]}…" if recorded_sha256 else "no recorded SHA-256"
+        raise UserError(
+            f"refusing to run {path}: the checkpoint's model class {class_name} is defined there, but "
+            f"the file is not the one training used (SHA-256 {digest[:12]}…, {recorded}); pass "
+            "--trust-model-code (Python: trust_model_code=True) only if you trust its code, or share "
+            "the model as an ONNX export (`visionfit export`), which runs no Python code"
+        )
+    status = "the file training used" if digest == recorded_sha256 else "changed since training; trusted"
+    notice(f"running {path} ({status}) to build the model class {class_name} the checkpoint names")
+
+
+def load_class(reference: str, *, file: str | None = None) -> type[nn.Module]:
+    """The `nn.Module` subclass named by `reference` (imported: its file or module runs)."""
+    where, class_name, _ = resolve_reference(reference)
+    path = model_file(reference, file)
     if path is not None:
-        if not path.is_file() and file and Path(file).is_file():
-            path = Path(file)
-        if not path.is_file():
-            raise UserError(
-                f"model file {where} not found{f' (nor {file})' if file else ''}; the model class "
-                f"{class_name} is defined there: put the file back or run from its folder"
-            )
         module = _import_file(path)
     else:
         try:

@@ -13,7 +13,6 @@ from torch import nn
 
 from visionfit.models.heads import find_classifier
 
-FREEZE_MODES = ("none", "backbone")
 _HOOKS = "_visionfit_frozen_norm_hooks"
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from visionfit.choices import HEAD_MODES
 from visionfit.errors import UserError
 
-HEAD_MODES = ("replace", "append")
 APPENDED_NAME = "add_linear"  # the tutorial's own name for the appended layer
 
 

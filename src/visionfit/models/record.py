@@ -18,7 +18,13 @@ from torch import nn
 
 from visionfit.errors import UserError
 from visionfit.models import registry
-from visionfit.models.custom import class_reference, create_custom_model, file_digest, is_custom_reference
+from visionfit.models.custom import (
+    check_model_code,
+    class_reference,
+    create_custom_model,
+    file_digest,
+    is_custom_reference,
+)
 from visionfit.models.registry import get_model_spec
 from visionfit.models.torchvision_zoo import (
     FAMILY,
@@ -27,8 +33,6 @@ from visionfit.models.torchvision_zoo import (
     download_weights,
     read_weights_file,
 )
-
-SOURCES = ("registry", "file", "module", "instance")
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ModelRecord:
     head: str = "replace"
     pretrained: str | None = None  # weights the backbone started from (torchvision name or file)
     pretrained_layout: bool = False  # built the way torchvision builds it for its weights
-    source: str = "registry"
+    source: str = "registry"  # registry, file, module (a user's class) or instance (built by the caller)
     file: str | None = None  # a user model file's absolute path
     file_sha256: str | None = None
 
@@ -77,6 +81,11 @@ def record_of(model: nn.Module, num_classes: int | None = None) -> ModelRecord:
     return ModelRecord(class_reference(model), num_classes, source="instance")
 
 
+def uses_model_code(record: ModelRecord) -> bool:
+    """Whether building the record's model imports a user's file or module (runs its code)."""
+    return record.source in ("file", "module") or is_custom_reference(record.name)
+
+
 def _is_torchvision(name: str) -> bool:
     return not is_custom_reference(name) and get_model_spec(name).family == FAMILY
 
@@ -104,7 +113,7 @@ def create_training_model(
             path = Path(where).expanduser().resolve()
             record.source, record.file = "file", str(path)
             record.file_sha256 = file_digest(path) if path.is_file() else None
-        return remember_record(build_from_record(record), record)
+        return remember_record(create_custom_model(name, num_classes, record.args, file=record.file), record)
     spec = get_model_spec(name)
     if spec.family != FAMILY:
         if wants_weights or head != "replace":
@@ -158,19 +167,16 @@ def _build(record: ModelRecord, state_dict: dict[str, torch.Tensor] | None) -> n
         ) from None
 
 
-def build_from_record(record: ModelRecord) -> nn.Module:
-    """The untrained network a record describes (weights come from the checkpoint)."""
+def build_from_record(record: ModelRecord, *, trust_model_code: bool = False) -> nn.Module:
+    """The untrained network a checkpoint's record describes (weights come from the checkpoint).
+    A user's class is imported only after `check_model_code` let it."""
     if record.source == "instance":
         raise UserError(
             f"this checkpoint holds a model that was passed to visionfit as an instance ({record.name}); "
             "build it yourself and pass it: load_model(path, model=YourModel(...))"
         )
-    if record.source in ("file", "module") or is_custom_reference(record.name):
-        path = Path(record.file) if record.file else None
-        if path and record.file_sha256 and path.is_file() and file_digest(path) != record.file_sha256:
-            from visionfit.console import logger
-
-            logger.warning(f"warning: {path} changed since the checkpoint was written")
+    if uses_model_code(record):
+        check_model_code(record.name, record.file, record.file_sha256, trust_model_code)
         model = create_custom_model(record.name, record.num_classes, record.args, file=record.file)
     elif _is_torchvision(record.name):
         model = _build(record, None)

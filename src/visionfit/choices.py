@@ -1,0 +1,33 @@
+"""Every fixed list of choices a flag or a config key accepts, defined once.
+
+Plain tuples, no torch: the CLI builds its `--help` from them without importing anything heavy, and
+the config, the runtime and the models check values against the same tuples. Lists that grow by
+registration (models, datasets, recipes) live in their registries instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = (
+    "auto: bf16 on CPUs with AVX512-BF16 or AMX and on GPUs that have it, fp16 on older GPUs, fp32 otherwise"
+)
+CHANNELS_LAST = ("auto", "on", "off")
+DEVICE_HELP = "auto|cpu|cuda|cuda:N|mps"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DATA_PATHS = ("auto", "memory", "loader")
+BAD_IMAGE_POLICIES = ("error", "skip")
+HEAD_MODES = ("replace", "append")
+FREEZE_MODES = ("none", "backbone")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("none", "cosine")
+NONFINITE_POLICIES = ("stop", "skip")
+SPLITS = ("train", "val", "test")
+RESIZE_MODES = ("crop", "squash")
+# Reflect padding needs the shift below the smallest input side (--input-size 8).
+MAX_TEST_TIME_SHIFT = 4
+
+
+def is_device_name(name: str) -> bool:
+    return bool(DEVICE_PATTERN.match(name))

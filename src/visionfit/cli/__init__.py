@@ -1,0 +1,67 @@
+"""The `visionfit` command: parse, build a config, call the library.
+
+One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `predict`, `importing`
+for import), each with `add_parser` and the `run` it sets as the parser's handler. Torch is imported
+only inside the handlers, so `visionfit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from visionfit.cli import evaluate, importing, models, predict, recipes, train
+from visionfit.errors import UserError
+
+SUBCOMMANDS = (train, models, recipes, evaluate, predict, importing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from visionfit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="visionfit",
+        description="Train, evaluate and use image classifiers with PyTorch.",
+        epilog="Run `visionfit COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"visionfit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for subcommand in SUBCOMMANDS:
+        subcommand.add_parser(commands)
+    return parser
+
+
+def one_line(error: BaseException) -> str:
+    """The message of a UserError, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(command_line)
+    if arguments.command is None:
+        parser.print_help()
+        return 0
+    arguments.command_line = command_line
+    try:
+        return int(arguments.handler(arguments))
+    except UserError as error:
+        print(f"visionfit: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("visionfit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if type(error).__name__ == "UserError" or "UserError: " in str(error):
+            print(f"visionfit: error: {one_line(error)}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Argument types and option groups that several subcommands share, each written once.
+
+Nothing here imports torch: `visionfit --help` builds every parser from these.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from visionfit.choices import DEVICE_HELP, MAX_TEST_TIME_SHIFT, PRECISION_HELP, PRECISIONS
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def shift(text: str) -> int:
+    value = whole_number(text)
+    if not 0 <= value <= MAX_TEST_TIME_SHIFT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TEST_TIME_SHIFT}, got {value}")
+    return value
+
+
+def float_triple(text: str) -> tuple[float, float, float]:
+    message = f"expected three numbers like 0.5,0.5,0.5, got {text!r}"
+    try:
+        values = tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(message)
+    return values  # type: ignore[return-value]
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """`--model-arg KEY=VALUE`: YAML scalars (64 → int, 0.5 → float, true → bool, else text)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision, chosen as training chooses them."""
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help=f"forward-pass precision (default: auto, as in train; {PRECISION_HELP})",
+    )
+
+
+def add_test_time_options(parser: argparse.ArgumentParser) -> None:
+    """--test-time-flip/--no-test-time-flip and --test-time-shift, defaulting to the checkpoint's."""
+    parser.add_argument(
+        "--test-time-flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image's prediction with its mirror image's, at twice the model time "
+        "(default: as the checkpoint's training tested)",
+    )
+    parser.add_argument(
+        "--test-time-shift",
+        type=shift,
+        default=None,
+        metavar="PX",
+        help="also classify each image moved PX pixels up-left and down-right, at three times the "
+        "model time; 0: off (default: as the checkpoint's training tested)",
+    )
+
+
+def add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="run a checkpoint's own model file (path.py:Class) even when it is not the file training "
+        "used; without it such a checkpoint is refused (an ONNX export shares a model without code)",
+    )

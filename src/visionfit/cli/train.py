@@ -1,0 +1,111 @@
+"""`visionfit train`: one flag per config field, the config layered defaults → recipe → file →
+flags, then `visionfit.training.train` (or N processes of it through torchrun with --nproc)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from visionfit.cli.arguments import key_value
+from visionfit.config import TrainConfig, build_config, config_fields, flag_name, read_config_file
+from visionfit.errors import UserError
+from visionfit.validation import check_global_batch
+
+GROUP_TITLES = {"data": "data", "model": "model", "optimisation": "optimisation", "run": "run"}
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a classifier (CIFAR-10 by default)",
+        description="Train a classifier. Values come from the defaults, then --recipe, then "
+        "--config FILE, then the flags given here.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML, JSON or TOML file of options (a run's config.yaml works)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        default=argparse.SUPPRESS,
+        help="continue a run exactly where its last checkpoint left off (its own config applies; "
+        "only --device, --workers, --log-every, --checkpoint-every-*, --tensorboard, --on-nan, "
+        "--clip-grad-norm, --dist-timeout and the number of processes may change); auto: the "
+        "newest unfinished run with the same config in --run-dir, or a new run when there is none",
+    )
+    parser.add_argument(
+        "--nproc",
+        metavar="N",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="train in N processes on this machine (one per GPU, or CPU processes), started "
+        "through torchrun; --batch-size stays the global batch",
+    )
+    _add_config_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its help, group, choices and type."""
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for config_field in config_fields():
+        group = groups[config_field.metadata["group"]]
+        annotation = hints[config_field.name]
+        base = annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            (base,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        options: dict[str, Any] = {
+            "dest": config_field.name,
+            "default": argparse.SUPPRESS,
+            "help": config_field.metadata["help"],
+        }
+        if config_field.default not in (dataclasses.MISSING, None):
+            options["help"] += f" (default: {config_field.default})"
+        if config_field.metadata.get("metavar"):
+            options["metavar"] = config_field.metadata["metavar"]
+        if config_field.metadata.get("choices"):
+            options["choices"] = config_field.metadata["choices"]
+        if base is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is dict:
+            options.update(action="append", type=key_value)
+        elif base in (int, float):
+            options["type"] = base
+        group.add_argument(flag_name(config_field), **options)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    values = vars(arguments).copy()
+    command_line = values.pop("command_line")
+    for key in ("command", "handler"):
+        values.pop(key)
+    nproc = values.pop("nproc", None)
+    config_path = values.pop("config", None)
+    resume = values.pop("resume", None)
+    if "model_args" in values:
+        values["model_args"] = dict(values["model_args"])
+    if resume is not None and resume != "auto":
+        if config_path:
+            raise UserError("--resume RUN_DIR uses the run's own config; leave out --config")
+        config_path = Path(resume).expanduser() / "config.yaml"
+        if not config_path.is_file():
+            raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
+    file_values = read_config_file(config_path) if config_path else {}
+    config = build_config(file_values, values, file_name=str(config_path))
+    if nproc is not None and nproc != 1:  # options checked above, once, before starting N processes
+        from visionfit.launch import launch, strip_nproc
+
+        check_global_batch(config.batch_size, max(1, nproc))
+        return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
+    from visionfit.training import train
+
+    train(config, resume=resume)
+    return 0

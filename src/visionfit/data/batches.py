@@ -1,0 +1,166 @@
+"""A run's batches: the training batches the loop consumes (augmented and normalised on the
+device) and the uint8 test batches the evaluation reads, from either data path.
+
+`--data-path memory` keeps the whole dataset decoded on the device (`memory`); `loader` reads
+pictures one by one in DataLoader workers (`loaders`). Both hand over uint8 batches with epoch
+positions, so the batch stage (`augment`) is one piece of code for both.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from visionfit.data.augment import CropAndFlip, Normalize
+from visionfit.data.loaders import EpochBatchSampler, default_workers, eval_loader, train_loader
+from visionfit.data.memory import MemoryBatches, MemoryTestBatches
+from visionfit.data.order import sample_seed
+from visionfit.data.samples import Samples
+from visionfit.data.transforms import PictureReader, Preprocess, uses_padded_crops
+from visionfit.distributed import local_world_size
+
+if TYPE_CHECKING:
+    from visionfit.config import TrainConfig
+    from visionfit.data.registry import DataSplits
+    from visionfit.runtime import Runtime
+
+# uint8 images, labels, and each sample's epoch position (training) or index (testing)
+SourceBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class TrainBatches:
+    """Training batches for the loop: a source's uint8 batches moved to the device, randomly cropped
+    and flipped (`augmentation`), normalised, and during the first `low_res_epochs` epochs scaled
+    down to `low_res_size`. Also the loop's sampler: `set_epoch`, `batches_per_epoch`."""
+
+    def __init__(
+        self,
+        source: MemoryBatches | EpochBatchSampler,
+        batches: Iterable[SourceBatch],
+        augmentation: CropAndFlip | None,
+        normalize: Normalize,
+        device: torch.device,
+        *,
+        low_res_size: int | None = None,
+        low_res_epochs: int = 0,
+    ) -> None:
+        self.source = source
+        self.batches = batches
+        self.augmentation = augmentation
+        self.normalize = normalize
+        self.device = device
+        self.low_res_size = low_res_size
+        self.low_res_epochs = low_res_epochs
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.source.set_epoch(epoch, start_batch)
+
+    def batches_per_epoch(self) -> int:
+        return self.source.batches_per_epoch()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self.low_res_size if self.epoch <= self.low_res_epochs else None
+        non_blocking = self.device.type == "cuda"
+        if self.augmentation is not None:
+            self.augmentation.set_epoch(self.epoch)
+        for images, labels, positions in self.batches:
+            images = images.to(self.device, non_blocking=non_blocking)
+            if self.augmentation is not None:
+                images = self.augmentation(images, positions)
+            yield self.normalize(images, size), labels.to(self.device, non_blocking=non_blocking)
+
+
+def picture_reader(preprocess: Preprocess, augment: bool) -> PictureReader:
+    """Large pictures are cropped at random from the original when augmenting; small ones are
+    resized, then padded and cropped a batch at a time."""
+    return PictureReader(preprocess, random_crop=augment and not uses_padded_crops(preprocess))
+
+
+def create_batches(
+    config: TrainConfig,
+    runtime: Runtime,
+    data: DataSplits,
+    preprocess: Preprocess,
+    *,
+    data_path: str,
+    low_res_size: int | None,
+    notify: Callable[[str], None],
+) -> tuple[TrainBatches, Iterable[SourceBatch]]:
+    """The training batches and the test batches on `data_path` ("memory" or "loader",
+    `memory.choose_data_path`)."""
+    device, rank, world_size = runtime.device, runtime.rank, runtime.world_size
+    test_batch_size = max(1, config.test_batch_size // world_size)  # a global size, like --batch-size
+    augmentation = None
+    if config.augment:
+        augmentation = CropAndFlip(preprocess, seed=config.seed, count=len(data.train), device=device)
+    order = {"batch_size": config.batch_size, "shuffle": config.shuffle, "seed": config.seed}
+    order.update(drop_last=config.drop_last, rank=rank, world_size=world_size)
+    if data_path == "memory":
+        padding = augmentation.padding if augmentation is not None else 0
+        train_images = data.train.images_at(preprocess, notify)
+        source = MemoryBatches(
+            train_images, data.train.label_tensor(), device=device, padding=padding, **order
+        )
+        test_images = data.test.images_at(preprocess, notify)
+        test = MemoryTestBatches(
+            test_images,
+            data.test.label_tensor(),
+            batch_size=test_batch_size,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+        )
+        batches: Iterable[SourceBatch] = source
+    else:
+        workers = config.workers
+        if workers is None:
+            workers = default_workers(device, data.train, local_world_size())
+        source = EpochBatchSampler(len(data.train), **order)
+        batches = train_loader(
+            data.train, picture_reader(preprocess, config.augment), source, workers=workers, device=device
+        )
+        test = eval_loader(
+            data.test,
+            PictureReader(preprocess),
+            batch_size=test_batch_size,
+            workers=workers,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+        )
+    normalize = Normalize(preprocess, device, runtime.channels_last)
+    train = TrainBatches(
+        source,
+        batches,
+        augmentation,
+        normalize,
+        device,
+        low_res_size=low_res_size,
+        low_res_epochs=config.low_res_epochs,
+    )
+    return train, test
+
+
+def preview(
+    samples: Samples, preprocess: Preprocess, *, augment: bool, seed: int, count: int
+) -> torch.Tensor:
+    """The first `count` training pictures, augmented as in epoch 0, as floats in [0, 1] (for a
+    TensorBoard image grid)."""
+    count = min(count, len(samples))
+    reader = picture_reader(preprocess, augment)
+    pictures = torch.stack(
+        [reader(samples.picture(index), random.Random(sample_seed(seed, 0, index))) for index in range(count)]
+    )
+    if augment:
+        augmentation = CropAndFlip(preprocess, seed=seed, count=count, device=pictures.device)
+        augmentation.set_epoch(0)
+        pictures = augmentation(pictures, torch.arange(count))
+    return pictures.float() / 255

@@ -1,0 +1,209 @@
+"""The epoch loop: for each epoch from wherever the run stands — set the freezing, train, test,
+record, checkpoint, say how it went. Plain functions over one `TrainingRun`; the loops themselves
+(`loops.train_steps`, `loops.evaluate`) do no I/O, this module decides what is printed, logged and
+saved between their steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionfit.config import TrainConfig
+from visionfit.console import EpochProgress, logger
+from visionfit.data.batches import SourceBatch, TrainBatches
+from visionfit.data.registry import DataSplits
+from visionfit.data.transforms import Preprocess
+from visionfit.distributed import barrier, count_across, gather_to_main, sum_across
+from visionfit.engine.checkpointing import RunCheckpoints
+from visionfit.engine.events import RunEvents
+from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
+from visionfit.engine.metrics import Predictions
+from visionfit.engine.optim import Optimization
+from visionfit.engine.state import TrainState
+from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
+from visionfit.runtime import Runtime, unwrap_model
+
+
+@dataclass
+class TrainingRun:
+    """Everything one run trains with, built once by `training.train`."""
+
+    config: TrainConfig
+    runtime: Runtime
+    data: DataSplits
+    preprocess: Preprocess
+    model: nn.Module  # as trained: possibly wrapped by DDP and torch.compile
+    batches: TrainBatches
+    test_batches: Iterable[SourceBatch]
+    optimization: Optimization
+    checkpoints: RunCheckpoints
+    events: RunEvents
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def plain_model(self) -> nn.Module:
+        return unwrap_model(self.model)
+
+
+def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
+    """Train the epochs from `state` on. Returns the last epoch's test, with its predictions (every
+    test sample's, on rank 0), or None when no epoch was left to train."""
+    evaluation = None
+    while state.epoch <= run.config.epochs:
+        apply_freezing(run, state.epoch)
+        evaluation = run_epoch(run, state, history)
+    return evaluation
+
+
+def apply_freezing(run: TrainingRun, epoch: int) -> None:
+    """Freeze or unfreeze the backbone as --freeze and --unfreeze-at say for this epoch (a function
+    of the epoch alone, so a resumed run gets it right)."""
+    config = run.config
+    if config.freeze == "none":
+        return
+    frozen = backbone_frozen(config.freeze, config.unfreeze_at, epoch)
+    set_backbone_frozen(run.plain_model, len(run.classes), frozen)
+    if epoch == config.unfreeze_at:
+        logger.info(f"epoch {epoch}: unfreezing the backbone (--unfreeze-at {epoch})")
+
+
+def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
+    """One epoch: train, test (when due; keeping the predictions in the last epoch), record,
+    checkpoint. Returns the test, if there was one."""
+    config, epoch = run.config, state.epoch
+    train_loss, train_seconds = train_epoch(run, state)
+    tested = time.perf_counter()
+    evaluation = None
+    if epoch % config.test_every == 0 or epoch == config.epochs:
+        evaluation = test(run, keep_predictions=epoch == config.epochs)
+    report = evaluation.sums.report(run.classes) if evaluation is not None else None
+    record = {
+        "epoch": epoch,
+        "step": state.global_step,
+        "train_loss": train_loss,
+        "lr": run.optimization.lr,
+        "train_seconds": train_seconds,
+        "train_images_per_second": state.epoch_samples / max(train_seconds, 1e-9),
+        "test_seconds": time.perf_counter() - tested,
+        "skipped_batches": state.skipped_batches,
+        "test": report,  # None in an epoch without a test (--test-every)
+    }
+    history.append(record)
+    run.events.epoch(record)
+    best = report is not None and report["accuracy"] > state.best_accuracy
+    if best:
+        state.best_accuracy, state.best_epoch = report["accuracy"], epoch
+    state.finish_epoch()
+    if run.runtime.is_main:
+        run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best)
+    barrier()  # the other ranks wait for rank 0's checkpoint
+    run.checkpoints.restart_clock()
+    log_epoch(config, record, best)
+    return evaluation
+
+
+def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
+    """The training steps of the epoch `state` is in, from the batch it stands at; mid-epoch
+    checkpoints when due. Returns the epoch's mean training loss and its seconds of training."""
+    config, runtime = run.config, run.runtime
+    steps_in_epoch = run.batches.batches_per_epoch()
+    run.batches.set_epoch(state.epoch, start_batch=state.batch)
+    title = f"epoch {state.epoch}/{config.epochs}"
+    progress = EpochProgress(steps_in_epoch, title, enabled=None if runtime.is_main else False)
+    progress.bar.update(state.batch)
+    loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float32, device=runtime.device)
+    started = time.perf_counter() - state.epoch_seconds
+    optimization = run.optimization
+    steps = train_steps(
+        run.model,
+        run.batches,
+        optimization.loss_fn,
+        optimization.optimizer,
+        optimization.scheduler,
+        optimization.scaler,
+        runtime,
+        clip_grad_norm=config.clip_grad_norm,
+        on_nonfinite=config.on_nan,
+    )
+    for output in steps:
+        state.global_step += 1
+        state.batch += 1
+        if output.skipped:
+            state.skipped_batches += 1
+        else:  # sums over all processes: every rank keeps the global numbers
+            loss_sum += sum_across(output.loss * output.batch_size)
+            state.epoch_samples += count_across(output.batch_size)
+        report_step(run, state, output, progress)
+        running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
+        progress.advance(output.batch_size * runtime.world_size, running)
+        # The epoch's own checkpoint follows its last batch, after the test.
+        if state.batch < steps_in_epoch and run.checkpoints.due(state):
+            state.epoch_loss_sum = loss_sum.item()
+            state.epoch_seconds = time.perf_counter() - started
+            if runtime.is_main:
+                run.checkpoints.save_last(run.plain_model, optimization, state, None)
+            run.checkpoints.restart_clock()
+    progress.close()
+    return (loss_sum / max(1, state.epoch_samples)).item(), time.perf_counter() - started
+
+
+def report_step(run: TrainingRun, state: TrainState, output: StepOutput, progress: EpochProgress) -> None:
+    """The tutorial's "every N steps" loss line (and TensorBoard's train/loss), or a skipped batch."""
+    epoch = f"epoch {state.epoch}/{run.config.epochs}"
+    if output.skipped:
+        progress.line(
+            f"{epoch}  step {state.global_step}: skipped a batch whose loss is {output.loss.item()} "
+            "(--on-nan skip)"
+        )
+    log_every = run.config.log_every
+    if not log_every or state.global_step % log_every or output.skipped:
+        return
+    loss = (sum_across(output.loss) / run.runtime.world_size).item()
+    lr = run.optimization.lr
+    run.events.scalar("train/loss", loss, state.global_step)
+    run.events.scalar("train/lr", lr, state.global_step)
+    progress.line(f"{epoch}  step {state.global_step}  loss {loss:.4f}  lr {lr:.4g}")
+
+
+def test(run: TrainingRun, *, keep_predictions: bool = False) -> Evaluation:
+    """The test set's metrics for the current weights, with the run's test-time augmentation: each
+    rank classifies its share, the sums are added up over all ranks, and kept predictions are
+    joined on rank 0."""
+    config = run.config
+    classifier = Classifier(
+        run.plain_model,
+        run.batches.normalize,
+        run.runtime,
+        flip=config.test_time_flip,
+        shift=config.test_time_shift,
+    )
+    evaluation = evaluate(classifier, run.test_batches, len(run.classes), keep_predictions=keep_predictions)
+    predictions = None
+    if evaluation.predictions is not None:
+        parts = gather_to_main(evaluation.predictions)
+        predictions = Predictions.joined(parts) if parts is not None else None
+    return Evaluation(evaluation.sums.across_processes(), predictions)
+
+
+def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
+    report = record["test"]
+    tested = (
+        f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
+        f"macro F1 {report['macro']['f1']:.3f}  "
+        if report is not None
+        else ""
+    )
+    logger.info(
+        f"epoch {record['epoch']}/{config.epochs}  train loss {record['train_loss']:.4f}  {tested}"
+        f"({record['train_seconds']:.1f} s, {record['train_images_per_second']:,.0f} img/s)"
+        f"{'  *best' if best else ''}"
+    )

@@ -1,0 +1,72 @@
+"""Which run a `train` call continues, and with which config: `--resume RUN_DIR`, `--resume auto`,
+or a restart by torchrun (`--max-restarts`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from visionfit.config import TrainConfig, apply_overrides, config_from
+from visionfit.console import logger
+from visionfit.distributed import restart_count
+from visionfit.engine.run_folder import (
+    RESUMABLE_CHANGES,
+    check_resume_changes,
+    find_resumable_run,
+    load_run_config,
+    read_status,
+)
+from visionfit.errors import UserError
+from visionfit.validation import check_config
+
+TRAIN_ARGUMENTS = "train() arguments"
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """The config to train with and, when continuing a run, its folder."""
+
+    config: TrainConfig
+    folder: Path | None = None
+
+
+def restart_target(resume: str | Path | None, config: TrainConfig) -> str | Path | None:
+    """What to resume when torchrun restarted the job (`--max-restarts`): the run its first attempt
+    started, found again by every restarted process, instead of a new one. That is the run named
+    `--name` when it exists, else the newest unfinished run with this config (`--resume auto`)."""
+    count = restart_count()
+    if resume is not None or count == 0:
+        return resume
+    target: str | Path = "auto"
+    named = Path(config.run_dir).expanduser() / config.name if config.name is not None else None
+    if named is not None and (named / "config.yaml").is_file():
+        target = named
+    logger.info(f"torchrun restart {count}: resuming {target if target != 'auto' else 'the unfinished run'}")
+    return target
+
+
+def plan_resume(
+    config: TrainConfig | None, resume: str | Path | None, overrides: dict[str, Any]
+) -> ResumePlan:
+    """A new run (`resume=None`), the newest unfinished run with the same config (`"auto"`, or a
+    new one when there is none), or the run folder `resume` with its own config, where only the
+    options that do not change what is computed may differ."""
+    if resume is None or str(resume) == "auto":
+        config = config_from(config, overrides, TRAIN_ARGUMENTS)
+        if resume is None:
+            return ResumePlan(config)
+        folder = find_resumable_run(config.run_dir, config)
+        if folder is None:
+            logger.info(f"no unfinished run with this config in {config.run_dir}: starting a new one")
+            return ResumePlan(config)
+        changes = {key: getattr(config, key) for key in RESUMABLE_CHANGES}
+        return ResumePlan(apply_overrides(load_run_config(folder), changes, "resume"), folder)
+    folder = Path(resume).expanduser()
+    saved = load_run_config(folder)
+    if read_status(folder).get("status") == "finished":
+        raise UserError(f"run {folder} already finished; nothing to resume (start a new run with --name)")
+    config = apply_overrides(config or saved, overrides, TRAIN_ARGUMENTS)
+    check_config(config)
+    check_resume_changes(folder, saved, config)
+    return ResumePlan(config, folder)

@@ -1,0 +1,125 @@
+"""The one way from a trained model to something that classifies images.
+
+`load_for_inference(source)` reads a checkpoint (file or run folder), rebuilds the network, puts it
+in eval mode on the chosen device, in the runtime's precision and memory layout, and returns it as
+an `InferenceModel` together with everything needed to feed it and read it: the class names, the
+preprocessing, the test-time augmentation training tested with, and the runtime. `predict`,
+`eval`, `load_model`, export and serve all start here, so a model answers the same everywhere.
+
+An `InferenceModel` classifies uint8 batches at its input size (`preprocess` resizes pictures to
+that); everything after the resize — normalisation, layout, precision, test-time augmentation —
+happens inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionfit.choices import MAX_TEST_TIME_SHIFT
+from visionfit.data.augment import Normalize
+from visionfit.data.transforms import Preprocess
+from visionfit.engine.checkpoint import Checkpoint, load_checkpoint
+from visionfit.engine.loops import Classifier
+from visionfit.errors import UserError
+from visionfit.models.record import ModelRecord, build_from_record, remember_record
+from visionfit.runtime import Runtime, create_runtime
+
+
+@dataclass
+class InferenceModel:
+    """A trained model ready to classify: `network` in eval mode on `runtime.device`."""
+
+    network: nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+    runtime: Runtime
+    flip: bool = False  # test-time augmentation, as the checkpoint's training tested unless overridden
+    shift: int = 0
+    source: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    classifier: Classifier = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_test_time_shift(self.shift, self.preprocess.input_size)
+        normalize = Normalize(self.preprocess, self.runtime.device, self.runtime.channels_last)
+        self.classifier = Classifier(self.network, normalize, self.runtime, flip=self.flip, shift=self.shift)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits (N, classes) on the device for a batch of pictures at the input size:
+        uint8 (N, 3, S, S), or float on the same 0–255 scale."""
+        return self.classifier(images)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, classes) on the CPU."""
+        return torch.softmax(self.logits(images), dim=1).cpu()
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy recorded with the weights (the epoch they come from), if any."""
+        return self.metadata.get("metrics", {}).get("test_accuracy")
+
+
+def check_test_time_shift(shift: int, input_size: int) -> None:
+    if not 0 <= shift <= MAX_TEST_TIME_SHIFT or shift >= input_size:
+        raise UserError(
+            f"test-time shift must be between 0 and {min(MAX_TEST_TIME_SHIFT, input_size - 1)} pixels "
+            f"for {input_size}-pixel input, got {shift}"
+        )
+
+
+def build_model(
+    checkpoint: Checkpoint, model: nn.Module | None = None, *, trust_model_code: bool = False
+) -> nn.Module:
+    """Rebuild the checkpoint's architecture (or take `model`, built by the caller) and load its
+    weights strictly: every tensor must fit. A user's model class runs only as
+    `models.custom.check_model_code` allows (`trust_model_code` for a changed file)."""
+    record = ModelRecord.from_dict(checkpoint.metadata["model"])
+    if model is None:
+        model = build_from_record(record, trust_model_code=trust_model_code)
+    try:
+        model.load_state_dict(checkpoint.model_state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise UserError(f"{checkpoint.path}: weights do not fit model {record.name} ({first})") from None
+    return remember_record(model, record)
+
+
+def load_for_inference(
+    source: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: str = "auto",
+    flip: bool | None = None,
+    shift: int | None = None,
+    trust_model_code: bool = False,
+    model: nn.Module | None = None,
+) -> InferenceModel:
+    """Load a visionfit checkpoint (a `.safetensors` file or a run folder) for inference.
+
+    `device`, `precision` and `channels_last` are chosen as training chooses them (`"auto"`: bf16
+    autocast on CPUs with AVX512-BF16 or AMX and on GPUs that have it; `precision="fp32"` gives
+    exact float32 outputs). `flip` and `shift` (test-time augmentation) default to what the
+    checkpoint's training tested with. A checkpoint of your own `file.py:Class` runs that file to
+    rebuild the class: it is refused when the file is not the one training used, unless
+    `trust_model_code=True`. `model`: an instance to load the weights into (for models trained as
+    instances).
+    """
+    checkpoint = load_checkpoint(source, device="cpu")
+    network = build_model(checkpoint, model, trust_model_code=trust_model_code)
+    runtime = create_runtime(device, precision, channels_last)
+    return InferenceModel(
+        runtime.prepare_model(network).eval(),
+        checkpoint.classes,
+        Preprocess.from_dict(checkpoint.metadata["preprocess"]),
+        runtime,
+        flip=checkpoint.test_time_flip if flip is None else flip,
+        shift=checkpoint.test_time_shift if shift is None else shift,
+        source=checkpoint.path,
+        metadata=checkpoint.metadata,
+    )

@@ -1,0 +1,149 @@
+"""Every check of the training options, in one place, run before any run folder is made.
+
+`check_config` looks at the config alone (ranges, choices, options that need each other) and runs
+whenever a config is built; `check_setup` runs once the device, the process count and the data's
+input size are known, still before anything is written. Each failure is one line naming the flag
+and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from visionfit.choices import MAX_TEST_TIME_SHIFT, is_device_name
+from visionfit.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from visionfit.config import TrainConfig
+
+
+def _flag(config_field: dataclasses.Field[Any]) -> str:
+    return config_field.metadata.get("flag") or "--" + config_field.name.replace("_", "-")
+
+
+def check_config(config: TrainConfig) -> None:
+    """Check values a type cannot express."""
+    _check_choices(config)
+    _check_counts(config)
+    _check_rates(config)
+    _check_data_and_model(config)
+
+
+def _check_choices(config: TrainConfig) -> None:
+    for config_field in dataclasses.fields(config):
+        choices = config_field.metadata.get("choices")
+        value = getattr(config, config_field.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(
+                f"{_flag(config_field)} must be one of {', '.join(choices)}, "
+                f"got {value!r}{did_you_mean(str(value), choices)}"
+            )
+    check_device_name(config.device)
+
+
+def check_device_name(name: str) -> None:
+    if not is_device_name(name):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def _check_counts(config: TrainConfig) -> None:
+    for name in ("batch_size", "epochs", "test_every"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.eval_batch_size is not None and config.eval_batch_size < 1:
+        raise UserError(f"--eval-batch-size must be at least 1, got {config.eval_batch_size}")
+    if config.input_size is not None and not 8 <= config.input_size <= 4096:
+        raise UserError(f"--input-size must be between 8 and 4096 pixels, got {config.input_size}")
+    if not 0 <= config.test_time_shift <= MAX_TEST_TIME_SHIFT:
+        raise UserError(
+            f"--test-time-shift must be between 0 and {MAX_TEST_TIME_SHIFT} pixels, "
+            f"got {config.test_time_shift}"
+        )
+    if config.low_res_epochs < 0:
+        raise UserError(f"--low-res-epochs must be 0 (off) or more, got {config.low_res_epochs}")
+    if config.low_res_size is not None and config.low_res_size < 8:
+        raise UserError(f"--low-res-size must be at least 8 pixels, got {config.low_res_size}")
+    if config.workers is not None and config.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {config.workers}")
+    if config.checkpoint_every_steps < 0 or config.checkpoint_every_minutes < 0:
+        raise UserError("--checkpoint-every-steps and --checkpoint-every-minutes must be 0 (off) or more")
+    if config.log_every < 0:
+        raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
+
+
+def _check_rates(config: TrainConfig) -> None:
+    if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
+        raise UserError(f"--clip-grad-norm must be positive, got {config.clip_grad_norm}")
+    if not config.dist_timeout > 0:
+        raise UserError(f"--dist-timeout must be a positive number of minutes, got {config.dist_timeout}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if not 0 <= config.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {config.momentum}")
+    if config.weight_decay < 0:
+        raise UserError(f"--weight-decay must be 0 or more, got {config.weight_decay}")
+    if not 0 <= config.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise UserError(
+            f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs}"
+        )
+    if not 0 < config.val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {config.val_fraction}")
+    if not (math.isfinite(config.backbone_lr_scale) and config.backbone_lr_scale > 0):
+        raise UserError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")
+
+
+def _check_data_and_model(config: TrainConfig) -> None:
+    if config.std is not None and any(value <= 0 for value in config.std):
+        raise UserError(f"--std values must be positive, got {','.join(map(str, config.std))}")
+    if config.name is not None and (not config.name or "/" in config.name or config.name in (".", "..")):
+        raise UserError(f"--name must be a plain folder name, got {config.name!r}")
+    if config.unfreeze_at is not None and (config.freeze != "backbone" or not config.unfreeze_at >= 2):
+        raise UserError(
+            f"--unfreeze-at needs --freeze backbone and an epoch of 2 or more, got {config.unfreeze_at}"
+        )
+    if config.dataset is not None:
+        from visionfit.data.registry import check_data_dir
+
+        check_data_dir(config.dataset, config.data_dir)
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise UserError(
+            f"--batch-size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+
+
+def low_res_side(config: TrainConfig, input_size: int) -> int | None:
+    """The side of --low-res-epochs' batches (default 3/4 of the input size); None when off."""
+    if not config.low_res_epochs:
+        return None
+    return config.low_res_size or input_size * 3 // 4
+
+
+def check_setup(
+    config: TrainConfig, *, device_type: str, world_size: int, input_size: int, data_path: str
+) -> None:
+    """What depends on where and on what the run trains: refused before a run folder is made."""
+    check_global_batch(config.batch_size, world_size)
+    if config.sync_bn and world_size > 1 and device_type == "cpu":
+        raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
+    if world_size > 1 and config.unfreeze_at:
+        raise UserError(
+            "--unfreeze-at cannot change which parameters train in a multi-process run "
+            "(DistributedDataParallel fixes them at the start); train the frozen and unfrozen "
+            "phases as two runs, the second with --weights from the first"
+        )
+    low_res = low_res_side(config, input_size)
+    if low_res is not None and low_res >= input_size:
+        raise UserError(f"--low-res-size {low_res} must be smaller than the input size {input_size}")
+    if low_res is not None and data_path != "memory":
+        raise UserError(
+            "--low-res-epochs needs the memory data path (--data-path auto or memory, for pictures of "
+            "at most 64 px that fit in 2 GiB); drop --low-res-epochs to use the loader path"
+        )
