@@ -13,6 +13,7 @@ happens inside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,20 @@ from visionfit.data.transforms import Preprocess
 from visionfit.engine.checkpoint import Checkpoint, load_checkpoint
 from visionfit.engine.loops import Classifier
 from visionfit.errors import UserError
-from visionfit.models.record import ModelRecord, build_from_record, remember_record
+from visionfit.models.record import ModelRecord, build_from_record, remember_record, uses_model_code
 from visionfit.runtime import Runtime, create_runtime
 
 
 @dataclass
 class InferenceModel:
-    """A trained model ready to classify: `network` in eval mode on `runtime.device`."""
+    """A trained model ready to classify: `network` in eval mode on `runtime.device`.
 
-    network: nn.Module
+    `network` takes the batch `prepare` makes of the pixels: by default the checkpoint's
+    normalisation (`Normalize`); a network that normalises inside itself (an exported ONNX graph)
+    comes with its own `prepare`.
+    """
+
+    network: Callable[[torch.Tensor], torch.Tensor]
     classes: list[str]
     preprocess: Preprocess
     runtime: Runtime
@@ -42,12 +48,23 @@ class InferenceModel:
     shift: int = 0
     source: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     classifier: Classifier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_test_time_shift(self.shift, self.preprocess.input_size)
-        normalize = Normalize(self.preprocess, self.runtime.device, self.runtime.channels_last)
-        self.classifier = Classifier(self.network, normalize, self.runtime, flip=self.flip, shift=self.shift)
+        if self.prepare is None:
+            self.prepare = Normalize(self.preprocess, self.runtime.device, self.runtime.channels_last)
+        self.classifier = Classifier(
+            self.network, self.prepare, self.runtime, flip=self.flip, shift=self.shift
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        """The network as a torch module (a checkpoint's; an exported file's network is not one)."""
+        if not isinstance(self.network, nn.Module):
+            raise UserError(f"{self.source} is not a PyTorch model")
+        return self.network
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, classes) on the device for a batch of pictures at the input size:
@@ -73,12 +90,23 @@ def check_test_time_shift(shift: int, input_size: int) -> None:
 
 
 def build_model(
-    checkpoint: Checkpoint, model: nn.Module | None = None, *, trust_model_code: bool = False
+    checkpoint: Checkpoint,
+    model: nn.Module | None = None,
+    *,
+    trust_model_code: bool = False,
+    allow_model_code: bool = True,
 ) -> nn.Module:
     """Rebuild the checkpoint's architecture (or take `model`, built by the caller) and load its
     weights strictly: every tensor must fit. A user's model class runs only as
-    `models.custom.check_model_code` allows (`trust_model_code` for a changed file)."""
+    `models.custom.check_model_code` allows (`trust_model_code` for a changed file); with
+    `allow_model_code=False` (a service) not at all unless `trust_model_code`."""
     record = ModelRecord.from_dict(checkpoint.metadata["model"])
+    if model is None and uses_model_code(record) and not (allow_model_code or trust_model_code):
+        raise UserError(
+            f"{checkpoint.path} names model code ({record.name}) that loading it would run; pass "
+            "--trust-model-code to run it, or serve an ONNX export of it (`visionfit export`), which "
+            "runs no Python code"
+        )
     if model is None:
         model = build_from_record(record, trust_model_code=trust_model_code)
     try:
@@ -98,6 +126,7 @@ def load_for_inference(
     flip: bool | None = None,
     shift: int | None = None,
     trust_model_code: bool = False,
+    allow_model_code: bool = True,
     model: nn.Module | None = None,
 ) -> InferenceModel:
     """Load a visionfit checkpoint (a `.safetensors` file or a run folder) for inference.
@@ -107,11 +136,14 @@ def load_for_inference(
     exact float32 outputs). `flip` and `shift` (test-time augmentation) default to what the
     checkpoint's training tested with. A checkpoint of your own `file.py:Class` runs that file to
     rebuild the class: it is refused when the file is not the one training used, unless
-    `trust_model_code=True`. `model`: an instance to load the weights into (for models trained as
-    instances).
+    `trust_model_code=True`; `allow_model_code=False` refuses any checkpoint that names code unless
+    `trust_model_code` (what a service does). `model`: an instance to load the weights into (for
+    models trained as instances).
     """
     checkpoint = load_checkpoint(source, device="cpu")
-    network = build_model(checkpoint, model, trust_model_code=trust_model_code)
+    network = build_model(
+        checkpoint, model, trust_model_code=trust_model_code, allow_model_code=allow_model_code
+    )
     runtime = create_runtime(device, precision, channels_last)
     return InferenceModel(
         runtime.prepare_model(network).eval(),

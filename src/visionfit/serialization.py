@@ -41,8 +41,8 @@ def load_model(
         model=model,
         trust_model_code=trust_model_code,
     )
-    _LOADED[loaded.network] = (loaded.classes, loaded.preprocess)
-    return loaded.network
+    _LOADED[loaded.model] = (loaded.classes, loaded.preprocess)
+    return loaded.model
 
 
 def save_model(
