@@ -53,8 +53,7 @@ def batches_of(
         runtime,
         data,
         PREPROCESS,
-        data_path=path,
-        low_res_size=low_res,
+        path,
         notify=lambda _: None,
     )
 
@@ -219,7 +218,7 @@ def test_choosing_the_data_path(monkeypatch):
 def test_low_res_epochs_train_on_scaled_down_batches_then_on_full_size_ones():
     samples = random_samples()
     full, _ = batches_of(samples, augment=True)
-    low, _ = batches_of(samples, augment=True, low_res=24, low_res_epochs=2, channels_last=True)
+    low, _ = batches_of(samples, augment=True, low_res_size=24, low_res_epochs=2, channels_last=True)
     for epoch in (1, 2, 3):
         full.set_epoch(epoch)
         low.set_epoch(epoch)

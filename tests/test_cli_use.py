@@ -179,6 +179,29 @@ def test_predict_errors_are_one_line(trained, tmp_path, capsys):
     assert "visionfit import" in capsys.readouterr().err
 
 
+def test_end_of_run_plots_test_as_the_run_did(tmp_path):
+    """The end-of-run confusion matrix and mistakes come from the last epoch's test, with its flip
+    test-time augmentation (they once ignored it), so they agree with that epoch and with eval."""
+    from test_resume import make_noisy_dataset
+
+    data = make_noisy_dataset(tmp_path / "noisy", per_class=12)
+    run = tmp_path / "runs" / "tta"
+    flags = ["--dataset", "folder", "--data-dir", str(data), "--val-fraction", "0.5", "--epochs", "1"]
+    flags += ["--batch-size", "4", "--test-time-flip", "--precision", "fp32", "--no-tensorboard"]
+    assert main(["train", *flags, "--run-dir", str(run.parent), "--name", "tta"]) == 0
+    assert main(["eval", str(run), "--out", str(tmp_path / "report"), "--precision", "fp32"]) == 0
+    evaluated = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    trained = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test"]
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+    plotted = json.loads((run / "mistakes.json").read_text())
+    assert plotted, "the noisy data should leave some test images misclassified"
+    assert [(m["source"], m["predicted"]) for m in plotted] == [
+        (m["source"], m["predicted"]) for m in evaluated["mistakes"]
+    ]
+    for mine, theirs in zip(plotted, evaluated["mistakes"], strict=True):
+        assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+
+
 def test_most_confident_mistakes_come_first():
     predictions = Predictions(
         indices=torch.tensor([10, 11, 12, 13, 14]),

@@ -198,3 +198,56 @@ def test_models_command_lists_the_zoo_and_details_one(capsys):
     assert "resized to 256 then centre-cropped, bicubic" in out and "IMAGENET1K_V1" in out
     assert main(["models", "resnet19"]) == 2
     assert "did you mean 'resnet18'" in capsys.readouterr().err
+
+
+MARKER_WRITER = textwrap.dedent(
+    """
+    from pathlib import Path
+    Path({marker!r}).write_text("this code ran")
+    """
+)
+
+
+def test_a_checkpoints_model_file_that_changed_is_refused_and_never_run(
+    capsys, folder_dataset, model_file, tmp_path, monkeypatch
+):
+    """A checkpoint names its model file; a swapped file (here one that writes a marker when run)
+    must not run on predict, eval or load_model without --trust-model-code."""
+    monkeypatch.chdir(model_file.parent.parent)
+    run = tmp_path / "runs" / "mine"
+    code = main(
+        [
+            *[
+                "train",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(folder_dataset),
+                "--model",
+                "mymodels/tudui.py:Tudui",
+            ],
+            *["--model-arg", "width=8", "--epochs", "1", "--batch-size", "4", "--workers", "0"],
+            *["--run-dir", str(run.parent), "--name", "mine", "--no-tensorboard"],
+        ]
+    )
+    assert code == 0
+    picture = next(folder_dataset.glob("apple/*.png"))
+    capsys.readouterr()
+    assert main(["predict", str(run), str(picture)]) == 0  # the file training used: runs, and says so
+    assert f"running {model_file.resolve()}" in capsys.readouterr().err
+
+    marker = tmp_path / "marker.txt"
+    model_file.write_text(TUDUI + MARKER_WRITER.format(marker=str(marker)))
+    for command in (["predict", str(run), str(picture)], ["eval", str(run)]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert "refusing to run" in error and "--trust-model-code" in error and error.count("\n") == 1
+    with pytest.raises(UserError, match="not the one training used"):
+        visionfit.load_model(run)
+    with pytest.raises(UserError, match="not the one training used"):
+        visionfit.load(run)
+    assert not marker.exists()
+
+    assert main(["predict", str(run), str(picture), "--trust-model-code"]) == 0
+    assert marker.read_text() == "this code ran"  # trusted: runs, as asked
+    assert "changed since training; trusted" in capsys.readouterr().err

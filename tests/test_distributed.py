@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from visionfit.cli import main
+from visionfit.config.validation import check_setup
 from visionfit.data.loaders import EpochBatchSampler
 from visionfit.distributed import all_finite, broadcast_from_main, count_across, shard
 from visionfit.engine.checkpoint import load_checkpoint
@@ -22,7 +23,6 @@ from visionfit.engine.metrics import MetricSums
 from visionfit.engine.resume import restart_target
 from visionfit.errors import UserError
 from visionfit.launch import strip_nproc, torchrun_arguments
-from visionfit.validation import check_setup
 
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -186,10 +186,12 @@ def _train_arguments(data: Path, run_dir: Path, name: str) -> list[str]:
 
 def test_two_processes_train_like_one(tmp_path, monkeypatch, capfd):
     """Same seed and global batch: the same losses, metrics and weights (up to float noise), one
-    set of files written by rank 0, and a checkpoint without DDP's `module.` prefix."""
-    from conftest import make_folder_dataset
+    set of files written by rank 0, and a checkpoint without DDP's `module.` prefix. The end-of-run
+    mistakes are the whole test set's, with the right files (ranks once wrote their own shard's,
+    picked from the full test set by shard-local positions)."""
+    from test_resume import make_noisy_dataset
 
-    data = make_folder_dataset(tmp_path / "fruit", per_class=12)
+    data = make_noisy_dataset(tmp_path / "noisy", per_class=12)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [SOURCE, os.environ.get("PYTHONPATH")])))
     assert main(_train_arguments(data, tmp_path / "runs", "one")) == 0
     assert main([*_train_arguments(data, tmp_path / "runs", "two"), "--nproc", "2"]) == 0
@@ -210,6 +212,12 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch, capfd):
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
     assert "2 processes; global batch 8 (4 per process)" in capfd.readouterr().out
+    mistakes = [json.loads((run / "mistakes.json").read_text()) for run in (one, two)]
+    assert mistakes[0], "the noisy data should leave some test images misclassified"
+    assert [(m["source"], m["true"], m["predicted"]) for m in mistakes[1]] == [
+        (m["source"], m["true"], m["predicted"]) for m in mistakes[0]
+    ]
+    assert all(Path(mistake["source"]).parent.name == mistake["true"] for mistake in mistakes[1])
 
 
 def test_nproc_with_a_batch_that_does_not_divide_fails_before_starting_processes(tmp_path, capsys):

@@ -139,6 +139,19 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[st
             writer.writerow([name, *row])
 
 
+def mistake_records(mistakes: list[Mistake]) -> list[dict[str, Any]]:
+    """The mistakes as JSON objects: which image, its true and predicted class, the probability."""
+    return [
+        {
+            "source": mistake.source,
+            "true": mistake.true_class,
+            "predicted": mistake.predicted_class,
+            "probability": mistake.probability,
+        }
+        for mistake in mistakes
+    ]
+
+
 def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
     """metrics.json, confusion_matrix.csv, confusion_matrix.png and mistakes.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,15 +161,7 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
         "data": result.description,
         "classes": result.classes,
         **result.report,
-        "mistakes": [
-            {
-                "source": mistake.source,
-                "true": mistake.true_class,
-                "predicted": mistake.predicted_class,
-                "probability": mistake.probability,
-            }
-            for mistake in result.mistakes
-        ],
+        "mistakes": mistake_records(result.mistakes),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_confusion_csv(out_dir / "confusion_matrix.csv", result.report["confusion_matrix"], result.classes)
@@ -177,18 +182,21 @@ def write_training_plots(
     writer: Any = None,
     step: int = 0,
 ) -> list[Path]:
-    """At the end of training: confusion_matrix.png, mistakes.png and curves.png in the run folder,
-    and the same images in TensorBoard (`plots/*`), for the final weights: the confusion matrix of
-    the last epoch's test (as its metrics say), its most confident mistakes from `predictions`
-    (every test sample's, all processes' shares joined)."""
+    """At the end of training: confusion_matrix.png, mistakes.png (and mistakes.json, the list it
+    shows) and curves.png in the run folder, and the images in TensorBoard (`plots/*`), for the final
+    weights: the confusion matrix of the last epoch's test (as its metrics say), its most confident
+    mistakes from `predictions` (every test sample's, all processes' shares joined)."""
     from visionfit.plots import curves_figure
 
+    mistakes = collect_mistakes(predictions, samples, classes, preprocess)
+    listing = json.dumps(mistake_records(mistakes), indent=2) + "\n"
+    (run_dir / "mistakes.json").write_text(listing, encoding="utf-8")
     figures = {
         "confusion_matrix": confusion_matrix_figure(history[-1]["test"]["confusion_matrix"], classes),
-        "mistakes": mistakes_figure(collect_mistakes(predictions, samples, classes, preprocess)),
+        "mistakes": mistakes_figure(mistakes),
         "curves": curves_figure(history),
     }
-    return save_figures(figures, run_dir, writer, step)
+    return [run_dir / "mistakes.json", *save_figures(figures, run_dir, writer, step)]
 
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:

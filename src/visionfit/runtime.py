@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from visionfit.choices import CHANNELS_LAST, PRECISIONS
+from visionfit.config.validation import check_device_name
 from visionfit.distributed import joined_layout
 from visionfit.errors import UserError
-from visionfit.validation import check_device_name
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -7,7 +7,6 @@ not `train`, so that `visionfit.train` stays the function.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionfit.config import TrainConfig, apply_overrides, config_from, save_config
+from visionfit.config import TrainConfig, apply_overrides, config_from
+from visionfit.config.validation import check_setup
 from visionfit.console import logger, setup_logging
 from visionfit.data.batches import create_batches, preview
 from visionfit.data.memory import choose_data_path
@@ -34,12 +34,12 @@ from visionfit.distributed import (
 )
 from visionfit.engine.checkpointing import LAST, RunCheckpoints, has_weights
 from visionfit.engine.epochs import TrainingRun, fit, test
-from visionfit.engine.events import NoEvents, RunEvents
+from visionfit.engine.events import open_events
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimization
 from visionfit.engine.resume import TRAIN_ARGUMENTS, ResumePlan, plan_resume, restart_target
-from visionfit.engine.run_folder import create_run_folder, read_history, write_status
+from visionfit.engine.run_folder import create_run_folder, now, read_history, start_run_folder, write_status
 from visionfit.engine.state import TrainState
 from visionfit.errors import UserError
 from visionfit.models import ModelRecord, create_training_model, get_model_spec, record_of
@@ -47,7 +47,6 @@ from visionfit.models.custom import class_reference, is_custom_reference, load_c
 from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
 from visionfit.models.record import remember_record
 from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything
-from visionfit.validation import check_setup, low_res_side
 
 IMAGE_GRID_SIZE = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,25 +100,10 @@ def train(
     configure_determinism(plan.config.deterministic)
     config, data, skipped = load_training_data(plan.config)
     preprocess = resolve_preprocess(config, data.image_side, instance)
-    data_path = choose_data_path(config.data_path, data.train, data.test, preprocess)
-    check_setup(
-        config,
-        device_type=runtime.device.type,
-        world_size=runtime.world_size,
-        input_size=preprocess.input_size,
-        data_path=data_path,
-    )
+    data_path = check_run_setup(config, runtime, data, preprocess)
     seed_everything(config.seed)
     model = build_training_model(config, runtime, data, preprocess, instance, plan)
-    batches, test_batches = create_batches(
-        config,
-        runtime,
-        data,
-        preprocess,
-        data_path=data_path,
-        low_res_size=low_res_side(config, preprocess.input_size),
-        notify=logger.info,
-    )
+    batches, test_batches = create_batches(config, runtime, data, preprocess, data_path, logger.info)
     optimization = create_optimization(model, config, runtime, len(data.classes), batches.batches_per_epoch())
     run_dir = plan.folder or broadcast_from_main(
         lambda: create_run_folder(
@@ -128,30 +112,18 @@ def train(
     )
     checkpoints = run_checkpoints(config, run_dir, model, data, preprocess)
     state = checkpoints.restore(model, optimization) if plan.folder else TrainState()
-    if config.freeze != "none":
-        # Before DDP wraps the model: DDP syncs only the parameters that train when it is built.
-        set_backbone_frozen(
-            model, len(data.classes), backbone_frozen(config.freeze, config.unfreeze_at, state.epoch)
-        )
-    model = wrap_model(model, runtime.device)  # after restoring its weights
+    model = ready_to_train(config, model, len(data.classes), runtime, state.epoch)  # after restoring weights
     if runtime.is_main:  # only rank 0 writes the run folder
-        start_run_folder(config, run_dir, data, runtime, skipped, resumed=plan.folder is not None)
+        start_run_folder(config, run_dir, data, runtime.world_size, skipped, resumed=plan.folder is not None)
     history = broadcast_from_main(lambda: read_history(run_dir, state.epoch - 1))
+    events = open_events(
+        run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
+    )
     run = TrainingRun(
-        config,
-        runtime,
-        data,
-        preprocess,
-        torch.compile(model) if config.compile else model,
-        batches,
-        test_batches,
-        optimization,
-        checkpoints,
-        open_events(config, run_dir, runtime, plan, state),
+        config, runtime, data, preprocess, model, batches, test_batches, optimization, checkpoints, events
     )
     announce(run, plan, state, data_path)
-    last_test = guarded_fit(run, state, history)
-    result = finish(run, state, history, last_test)
+    result = finish(run, state, history, guarded_fit(run, state, history))
     end_processes(started)
     return result
 
@@ -204,6 +176,20 @@ def resolve_preprocess(
     )
 
 
+def check_run_setup(config: TrainConfig, runtime: Runtime, data: DataSplits, preprocess: Preprocess) -> str:
+    """The data path ("memory" or "loader"), once every check that needs the device, the process
+    count and the input size passed."""
+    data_path = choose_data_path(config.data_path, data.train, data.test, preprocess)
+    check_setup(
+        config,
+        device_type=runtime.device.type,
+        world_size=runtime.world_size,
+        input_size=preprocess.input_size,
+        data_path=data_path,
+    )
+    return data_path
+
+
 def build_training_model(
     config: TrainConfig,
     runtime: Runtime,
@@ -253,6 +239,18 @@ def check_model_fits(model: nn.Module, preprocess: Preprocess, num_classes: int,
         )
 
 
+def ready_to_train(
+    config: TrainConfig, model: nn.Module, num_classes: int, runtime: Runtime, epoch: int
+) -> nn.Module:
+    """The model as the loop trains it: frozen as --freeze says for `epoch` (before DDP wraps it:
+    DDP syncs only the parameters that train when it is built), wrapped by DDP in a multi-process
+    run, compiled with --compile."""
+    if config.freeze != "none":
+        set_backbone_frozen(model, num_classes, backbone_frozen(config.freeze, config.unfreeze_at, epoch))
+    model = wrap_model(model, runtime.device)
+    return torch.compile(model) if config.compile else model
+
+
 def run_checkpoints(
     config: TrainConfig, run_dir: Path, model: nn.Module, data: DataSplits, preprocess: Preprocess
 ) -> RunCheckpoints:
@@ -267,45 +265,6 @@ def run_checkpoints(
         every_minutes=config.checkpoint_every_minutes,
         keep_every_epoch=config.keep_every_epoch,
     )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def start_run_folder(
-    config: TrainConfig,
-    run_dir: Path,
-    data: DataSplits,
-    runtime: Runtime,
-    skipped: list[tuple[Path, str]],
-    *,
-    resumed: bool,
-) -> None:
-    """config.yaml, the list of left-out images, and run.json saying the run is running."""
-    save_config(config, run_dir / "config.yaml")
-    if skipped:
-        lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
-        (run_dir / "skipped_images.txt").write_text(lines, encoding="utf-8")
-    write_status(
-        run_dir,
-        status="running",
-        **({"resumed": _now()} if resumed else {"started": _now()}),
-        classes=data.classes,
-        dataset=data.description,
-        processes=runtime.world_size,
-    )
-
-
-def open_events(
-    config: TrainConfig, run_dir: Path, runtime: Runtime, plan: ResumePlan, state: TrainState
-) -> RunEvents:
-    """Rank 0's TensorBoard events and metrics.jsonl; on resume, TensorBoard drops whatever the
-    killed process logged after the checkpoint."""
-    if not runtime.is_main:
-        return NoEvents()
-    purge_step = None if plan.folder is None else state.global_step + 1 if state.global_step else 0
-    return RunEvents(run_dir, tensorboard=config.tensorboard, purge_step=purge_step)
 
 
 def announce(run: TrainingRun, plan: ResumePlan, state: TrainState, data_path: str) -> None:
@@ -403,7 +362,7 @@ def finish(
     write_status(
         run_dir,
         status="finished",
-        finished=_now(),
+        finished=now(),
         best_epoch=state.best_epoch,
         best_accuracy=best["test"]["accuracy"],
     )

@@ -12,8 +12,8 @@ from typing import Any
 
 from visionfit.cli.arguments import key_value
 from visionfit.config import TrainConfig, build_config, config_fields, flag_name, read_config_file
+from visionfit.config.validation import check_global_batch
 from visionfit.errors import UserError
-from visionfit.validation import check_global_batch
 
 GROUP_TITLES = {"data": "data", "model": "model", "optimisation": "optimisation", "run": "run"}
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from visionfit.config.validation import low_res_side
 from visionfit.data.augment import CropAndFlip, Normalize
 from visionfit.data.loaders import EpochBatchSampler, default_workers, eval_loader, train_loader
 from visionfit.data.memory import MemoryBatches, MemoryTestBatches
@@ -89,64 +90,94 @@ def create_batches(
     runtime: Runtime,
     data: DataSplits,
     preprocess: Preprocess,
-    *,
     data_path: str,
-    low_res_size: int | None,
     notify: Callable[[str], None],
 ) -> tuple[TrainBatches, Iterable[SourceBatch]]:
     """The training batches and the test batches on `data_path` ("memory" or "loader",
     `memory.choose_data_path`)."""
-    device, rank, world_size = runtime.device, runtime.rank, runtime.world_size
-    test_batch_size = max(1, config.test_batch_size // world_size)  # a global size, like --batch-size
     augmentation = None
     if config.augment:
-        augmentation = CropAndFlip(preprocess, seed=config.seed, count=len(data.train), device=device)
-    order = {"batch_size": config.batch_size, "shuffle": config.shuffle, "seed": config.seed}
-    order.update(drop_last=config.drop_last, rank=rank, world_size=world_size)
+        augmentation = CropAndFlip(preprocess, seed=config.seed, count=len(data.train), device=runtime.device)
+    padding = augmentation.padding if augmentation is not None else 0
     if data_path == "memory":
-        padding = augmentation.padding if augmentation is not None else 0
-        train_images = data.train.images_at(preprocess, notify)
-        source = MemoryBatches(
-            train_images, data.train.label_tensor(), device=device, padding=padding, **order
-        )
-        test_images = data.test.images_at(preprocess, notify)
-        test = MemoryTestBatches(
-            test_images,
-            data.test.label_tensor(),
-            batch_size=test_batch_size,
-            device=device,
-            rank=rank,
-            world_size=world_size,
-        )
-        batches: Iterable[SourceBatch] = source
+        source, batches, test = _memory_batches(config, runtime, data, preprocess, padding, notify)
     else:
-        workers = config.workers
-        if workers is None:
-            workers = default_workers(device, data.train, local_world_size())
-        source = EpochBatchSampler(len(data.train), **order)
-        batches = train_loader(
-            data.train, picture_reader(preprocess, config.augment), source, workers=workers, device=device
-        )
-        test = eval_loader(
-            data.test,
-            PictureReader(preprocess),
-            batch_size=test_batch_size,
-            workers=workers,
-            device=device,
-            rank=rank,
-            world_size=world_size,
-        )
-    normalize = Normalize(preprocess, device, runtime.channels_last)
+        source, batches, test = _loader_batches(config, runtime, data, preprocess)
+    normalize = Normalize(preprocess, runtime.device, runtime.channels_last)
+    low_res_size = low_res_side(config, preprocess.input_size)
     train = TrainBatches(
         source,
         batches,
         augmentation,
         normalize,
-        device,
+        runtime.device,
         low_res_size=low_res_size,
         low_res_epochs=config.low_res_epochs,
     )
     return train, test
+
+
+def _order(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    """How an epoch walks the training samples: the global batch, shuffling, seed, ragged last
+    batch, and this process's share."""
+    return {
+        "batch_size": config.batch_size,
+        "shuffle": config.shuffle,
+        "seed": config.seed,
+        "drop_last": config.drop_last,
+        "rank": runtime.rank,
+        "world_size": runtime.world_size,
+    }
+
+
+def _test_batch_size(config: TrainConfig, runtime: Runtime) -> int:
+    return max(1, config.test_batch_size // runtime.world_size)  # a global size, like --batch-size
+
+
+def _memory_batches(
+    config: TrainConfig,
+    runtime: Runtime,
+    data: DataSplits,
+    preprocess: Preprocess,
+    padding: int,
+    notify: Callable[[str], None],
+) -> tuple[MemoryBatches, MemoryBatches, MemoryTestBatches]:
+    images = data.train.images_at(preprocess, notify)
+    device = runtime.device
+    source = MemoryBatches(
+        images, data.train.label_tensor(), device=device, padding=padding, **_order(config, runtime)
+    )
+    test = MemoryTestBatches(
+        data.test.images_at(preprocess, notify),
+        data.test.label_tensor(),
+        batch_size=_test_batch_size(config, runtime),
+        device=device,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    return source, source, test
+
+
+def _loader_batches(
+    config: TrainConfig, runtime: Runtime, data: DataSplits, preprocess: Preprocess
+) -> tuple[EpochBatchSampler, Iterable[SourceBatch], Iterable[SourceBatch]]:
+    device = runtime.device
+    workers = config.workers
+    if workers is None:
+        workers = default_workers(device, data.train, local_world_size())
+    source = EpochBatchSampler(len(data.train), **_order(config, runtime))
+    reader = picture_reader(preprocess, config.augment)
+    batches = train_loader(data.train, reader, source, workers=workers, device=device)
+    test = eval_loader(
+        data.test,
+        PictureReader(preprocess),
+        batch_size=_test_batch_size(config, runtime),
+        workers=workers,
+        device=device,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    return source, batches, test
 
 
 def preview(

@@ -1,6 +1,5 @@
-"""CIFAR-10's files: the official archive's download, its pickled batches read without running
-code, and the sample bundled with the package (numpy and torch load with this module, which the
-`cifar10` and `cifar10-sample` sources import when they load)."""
+"""Loading the `cifar10` and `cifar10-sample` datasets (declared in `cifar`): the official archive's
+download, its pickled batches read without running code, and the sample bundled with the package."""
 
 from __future__ import annotations
 
@@ -15,10 +14,20 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from visionfit.data.cifar import BATCHES_FOLDER, CIFAR10_MD5, CIFAR10_URL, TRAIN_BATCHES, is_batches_folder
+from visionfit.data.cifar import (
+    BATCHES_FOLDER,
+    CIFAR10_CLASSES,
+    TRAIN_BATCHES,
+    default_cifar10_root,
+    find_cifar10,
+    is_batches_folder,
+)
+from visionfit.data.registry import DataRequest, DataSplits
 from visionfit.data.samples import ArraySamples
 from visionfit.errors import UserError
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SAMPLE_FILE = Path(__file__).parent / "cifar10_sample.npz"
 
 
@@ -149,3 +158,35 @@ def load_cifar10_sample() -> tuple[ArraySamples, ArraySamples]:
             for split in ("train", "test")
         )
     return splits[0], splits[1]
+
+
+def load_cifar10(request: DataRequest) -> DataSplits:
+    """A local copy at --data-dir (or in visionfit's cache), else the official download; when the
+    user named no data at all and neither works, the bundled sample, after one line saying so."""
+    try:
+        return _cifar10(request.data_dir)
+    except UserError as error:
+        if not request.unnamed:
+            raise
+        request.notify(
+            f"CIFAR-10 is not in {default_cifar10_root()} and could not be downloaded "
+            f"({str(error).split(';')[0]}); training on the bundled cifar10-sample instead "
+            "(use --dataset cifar10 --data-dir DIR for a local copy)"
+        )
+        return load_sample(request)
+
+
+def _cifar10(data_dir: str | None) -> DataSplits:
+    root = Path(data_dir).expanduser() if data_dir else default_cifar10_root()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--data-dir {root} is a file; point it at a folder")
+    folder = find_cifar10(root) or download_cifar10(root)
+    train, test = read_cifar10(folder)
+    description = f"CIFAR-10 from {folder} ({len(train)} train / {len(test)} test)"
+    return DataSplits("cifar10", list(CIFAR10_CLASSES), train, test, description)
+
+
+def load_sample(request: DataRequest) -> DataSplits:
+    train, test = load_cifar10_sample()
+    description = f"CIFAR-10 sample bundled with visionfit ({len(train)} train / {len(test)} test)"
+    return DataSplits("cifar10-sample", list(CIFAR10_CLASSES), train, test, description)

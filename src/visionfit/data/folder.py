@@ -143,13 +143,6 @@ def load_folder(
     return classes, train, test, f"{root}, {val_fraction:g} of each class held out (seed {seed})"
 
 
-@register_dataset(
-    "folder",
-    description="your images, ROOT/<class>/<images> (or ROOT/train and ROOT/val)",
-    needs_data_dir="ROOT, where ROOT/<class>/ holds the images",
-    recognises=lambda path: bool(class_folders(path)),
-    holds="class folders",
-)
 def load_folder_dataset(request: DataRequest) -> DataSplits:
     assert request.data_dir is not None  # needs_data_dir
     classes, train, test, where = load_folder(
@@ -157,3 +150,13 @@ def load_folder_dataset(request: DataRequest) -> DataSplits:
     )
     description = f"{len(classes)} classes from {where} ({len(train)} train / {len(test)} test)"
     return DataSplits("folder", classes, train, test, description)
+
+
+register_dataset(
+    "folder",
+    load_folder_dataset,
+    description="your images, ROOT/<class>/<images> (or ROOT/train and ROOT/val)",
+    needs_data_dir="ROOT, where ROOT/<class>/ holds the images",
+    recognises=lambda path: bool(class_folders(path)),
+    holds="class folders",
+)

@@ -1,9 +1,9 @@
 """The dataset registry: every source of data by name, like the model registry.
 
-A source module declares itself with `@register_dataset(...)` on its load function; `--dataset`'s
-choices, its help and the auto-detection from a bare `--data-dir` all come from here. The source
-modules keep torch out of their import (it is imported inside their functions), because the CLI
-reads this registry to build `--help`.
+A source module declares itself with `register_dataset(name, load, ...)`; `--dataset`'s choices, its
+help and the auto-detection from a bare `--data-dir` all come from here. The CLI reads this registry
+to build `--help`, so declaring a source must cost nothing: the declaring modules keep torch out of
+their import, and `load` may name its function as "module:function", imported on first use.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class DatasetSource:
     """A registered source: how to load it and what the CLI says about it."""
 
     name: str
-    load: Loader
+    loader: Loader | str  # the function, or "module:function" to import when the source loads
     description: str
     # What --data-dir must name when the source cannot do without it ("ROOT, where ...").
     needs_data_dir: str | None = None
@@ -77,20 +77,22 @@ class DatasetSource:
     # The recipe whose defaults apply when the data are this source and no model or recipe is named.
     recipe: str | None = None
 
+    def load(self, request: DataRequest) -> DataSplits:
+        loader = self.loader
+        if isinstance(loader, str):
+            module, _, function = loader.partition(":")
+            loader = getattr(importlib.import_module(module), function)
+        return loader(request)
+
 
 _SOURCES: dict[str, DatasetSource] = {}
 
 
-def register_dataset(name: str, *, description: str, **details: Any) -> Callable[[Loader], Loader]:
-    """Decorator registering `load(request) -> DataSplits` as dataset `name`."""
-
-    def decorate(load: Loader) -> Loader:
-        if name in _SOURCES:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _SOURCES[name] = DatasetSource(name, load, description, **details)
-        return load
-
-    return decorate
+def register_dataset(name: str, load: Loader | str, *, description: str, **details: Any) -> None:
+    """Register `load(request) -> DataSplits` (or its "module:function") as dataset `name`."""
+    if name in _SOURCES:
+        raise ValueError(f"dataset {name!r} is registered twice")
+    _SOURCES[name] = DatasetSource(name, load, description, **details)
 
 
 def _sources() -> dict[str, DatasetSource]:

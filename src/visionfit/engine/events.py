@@ -117,3 +117,14 @@ class NoEvents(RunEvents):
 
     def epoch(self, record: dict[str, Any]) -> None:
         pass
+
+
+def open_events(
+    run_dir: Path, tensorboard: bool, is_main: bool, resumed: bool, global_step: int
+) -> RunEvents:
+    """Rank 0's TensorBoard events and metrics.jsonl (nothing for the other ranks); on resume,
+    TensorBoard drops whatever the killed process logged after the checkpoint (`global_step`)."""
+    if not is_main:
+        return NoEvents()
+    purge_step = (global_step + 1 if global_step else 0) if resumed else None
+    return RunEvents(run_dir, tensorboard=tensorboard, purge_step=purge_step)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from visionfit.config import TrainConfig, apply_overrides, config_from
+from visionfit.config.validation import check_config
 from visionfit.console import logger
 from visionfit.distributed import restart_count
 from visionfit.engine.run_folder import (
@@ -18,7 +19,6 @@ from visionfit.engine.run_folder import (
     read_status,
 )
 from visionfit.errors import UserError
-from visionfit.validation import check_config
 
 TRAIN_ARGUMENTS = "train() arguments"
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visionfit.config import TrainConfig, build_config, read_config_file
+from visionfit.config import TrainConfig, build_config, read_config_file, save_config
+from visionfit.data.registry import DataSplits
 from visionfit.errors import UserError
 
 STATUS_FILE = "run.json"
@@ -49,6 +50,34 @@ def create_run_folder(run_dir: str | Path, name: str | None, *, dataset: str, mo
         except FileExistsError:
             continue
     raise UserError(f"cannot find a free run name under {parent}; pass --name")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def start_run_folder(
+    config: TrainConfig,
+    folder: Path,
+    data: DataSplits,
+    processes: int,
+    skipped: list[tuple[Path, str]],
+    *,
+    resumed: bool,
+) -> None:
+    """config.yaml, the list of left-out images, and run.json saying the run is running."""
+    save_config(config, folder / "config.yaml")
+    if skipped:
+        lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+        (folder / "skipped_images.txt").write_text(lines, encoding="utf-8")
+    write_status(
+        folder,
+        status="running",
+        **({"resumed": now()} if resumed else {"started": now()}),
+        classes=data.classes,
+        dataset=data.description,
+        processes=processes,
+    )
 
 
 def read_status(folder: Path) -> dict[str, Any]:

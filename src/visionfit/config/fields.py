@@ -1,19 +1,14 @@
-"""The one typed training configuration: defaults → recipe → config file → CLI flags.
+"""The one typed training configuration: every option with its type, default, help text and group.
 
-Every field carries its help text and group, so the CLI, README's option tour and the config saved
-with each run all come from this one place. The config is flat on purpose: each key is also a flag
-(`batch_size` ↔ `--batch-size`) and a line of the saved `config.yaml`.
+Every field carries what the CLI needs to expose it, so the flags, their `--help` and the config
+saved with each run all come from this one place. The config is flat on purpose: each key is also a
+flag (`batch_size` ↔ `--batch-size`) and a line of the saved `config.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from visionfit.choices import (
@@ -29,15 +24,8 @@ from visionfit.choices import (
     PRECISIONS,
     SCHEDULERS,
 )
-from visionfit.data.registry import dataset_names, default_recipe, get_dataset
-from visionfit.errors import UserError, did_you_mean
-from visionfit.recipes import RECIPES, recipe_names
-from visionfit.validation import check_config
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from visionfit.data.registry import dataset_names, get_dataset
+from visionfit.recipes import recipe_names
 
 
 def option(
@@ -283,149 +271,5 @@ def config_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(TrainConfig))
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
 def flag_name(config_field: dataclasses.Field[Any]) -> str:
     return config_field.metadata.get("flag") or "--" + config_field.name.replace("_", "-")
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Turn a value from a file or a flag into the field's type, or say which key is wrong."""
-    origin = typing.get_origin(annotation)
-    arguments = typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
-        (inner,) = [argument for argument in arguments if argument is not type(None)]
-        return _coerce(name, value, inner)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    elif origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, (list, tuple)) and len(items) == len(arguments):
-            try:
-                return tuple(float(item) for item in items)
-            except (TypeError, ValueError):
-                pass
-        raise UserError(f"{name} needs {len(arguments)} comma-separated numbers, got {value!r}")
-    elif origin is dict and isinstance(value, dict):
-        return dict(value)
-    type_name = getattr(annotation, "__name__", str(annotation))
-    raise UserError(f"{name} must be {type_name}, got {value!r}")
-
-
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """Return a copy of `config` with `overrides` applied; unknown keys are an error naming `source`."""
-    hints = _field_types()
-    known = {config_field.name for config_field in config_fields()}
-    changes = {}
-    for key, value in overrides.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise UserError(f"unknown option {key!r} in {source}{did_you_mean(name, known)}")
-        changes[name] = _coerce(name, value, hints[name])
-    return dataclasses.replace(config, **changes)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a flat mapping from a .yaml/.yml, .json or .toml file (a saved run config works too)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix not in (".yaml", ".yml", ".json", ".toml"):
-        raise UserError(f"config file {path} must end in .yaml, .yml, .json or .toml")
-    import yaml
-
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        elif path.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (ValueError, yaml.YAMLError) as error:  # JSON and TOML errors are ValueErrors
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"cannot parse config file {path}: {first_line}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of option names to values")
-    return data
-
-
-def build_config(
-    file_values: dict[str, Any] | None = None,
-    flag_values: dict[str, Any] | None = None,
-    *,
-    file_name: str = "config file",
-    flags_name: str = "command-line flags",
-) -> TrainConfig:
-    """Layer defaults → recipe → config file → flags, then validate.
-
-    The recipe is looked up first (a flag beats the file) so that the file and flags override it.
-    """
-    file_values = dict(file_values or {})
-    flag_values = dict(flag_values or {})
-    recipe = flag_values.get("recipe", file_values.get("recipe"))
-    if recipe is None:
-        recipe = _default_recipe({**file_values, **flag_values})
-    config = TrainConfig()
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise UserError(
-                f"unknown recipe {recipe!r}; choose from {', '.join(recipe_names())}"
-                f"{did_you_mean(str(recipe), RECIPES)}"
-            )
-        config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
-    config = apply_overrides(config, file_values, file_name)
-    config = apply_overrides(config, flag_values, flags_name)
-    check_config(config)
-    return config
-
-
-def _default_recipe(values: dict[str, Any]) -> str | None:
-    """The recipe of the data these settings name when they name no model: `fast` for CIFAR-10 (or
-    its sample). Folder datasets keep the plain defaults (their pictures may be big)."""
-    if "model" in values:
-        return None
-    return default_recipe(values.get("dataset"), values.get("data_dir"))
-
-
-def config_from(config: TrainConfig | None, overrides: dict[str, Any], source: str) -> TrainConfig:
-    """`config` with `overrides`; without a config, built as the CLI builds it, so that a `recipe=`
-    override (or CIFAR-sized data without a model) brings the recipe's defaults."""
-    if config is None:
-        return build_config(flag_values=overrides, flags_name=source)
-    config = apply_overrides(config, overrides, source)
-    check_config(config)
-    return config
-
-
-def save_config(config: TrainConfig, path: Path) -> None:
-    import yaml
-
-    header = "# visionfit training config; rerun with: visionfit train --config THIS_FILE\n"
-    path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

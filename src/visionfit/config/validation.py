@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from visionfit.choices import MAX_TEST_TIME_SHIFT, is_device_name
+from visionfit.config.fields import TrainConfig
 from visionfit.errors import UserError, did_you_mean
-
-if TYPE_CHECKING:
-    from visionfit.config import TrainConfig
 
 
 def _flag(config_field: dataclasses.Field[Any]) -> str:
