@@ -76,17 +76,14 @@ def cifar_slice(root: Path, train_per_class: int, test_per_class: int) -> Path:
 def predictions(run_dir: Path, data: Path) -> torch.Tensor:
     """The class each test image gets from the run's last checkpoint."""
     from visionfit.data.folder import load_folder
-    from visionfit.data.loaders import SampleDataset
-    from visionfit.data.transforms import Preprocess, build_eval_transform
-    from visionfit.serialization import load_model
+    from visionfit.inference import load_for_inference
+    from visionfit.prediction import picture_pixels, stack_pixels
 
     path = run_dir / "checkpoints" / "last.safetensors"
-    preprocess = Preprocess.from_dict(load_checkpoint(path).metadata["preprocess"])
+    model = load_for_inference(path, device="cpu", precision="fp32", flip=False, shift=0)
     _, _, test, _ = load_folder(data, 0.1, 0)
-    dataset = SampleDataset(test, build_eval_transform(preprocess))
-    images = torch.stack([dataset[index][0] for index in range(len(dataset))])
-    with torch.inference_mode():
-        return load_model(path)(images).argmax(dim=1)
+    pixels = stack_pixels([picture_pixels(path, model.preprocess) for path in test.paths])
+    return model.probabilities(pixels).argmax(dim=1)
 
 
 def test_one_and_two_processes_reach_the_same_accuracy_on_real_cifar10(tmp_path):
