@@ -215,10 +215,13 @@ def test_choosing_the_data_path(monkeypatch):
     assert choose_data_path("auto", small, small, PREPROCESS) == "loader"
 
 
-def test_low_res_epochs_train_on_scaled_down_batches_then_on_full_size_ones():
+@pytest.mark.parametrize("path", ["memory", "loader"])
+def test_low_res_epochs_train_on_scaled_down_batches_then_on_full_size_ones(path):
     samples = random_samples()
-    full, _ = batches_of(samples, augment=True)
-    low, _ = batches_of(samples, augment=True, low_res_size=24, low_res_epochs=2, channels_last=True)
+    full, _ = batches_of(samples, augment=True, path=path)
+    low, _ = batches_of(
+        samples, path=path, augment=True, low_res_size=24, low_res_epochs=2, channels_last=True
+    )
     for epoch in (1, 2, 3):
         full.set_epoch(epoch)
         low.set_epoch(epoch)

@@ -162,7 +162,7 @@ def test_low_res_values_are_checked(flags, message):
         build_config(flag_values=flags)
 
 
-def test_low_res_needs_the_memory_path_and_a_smaller_size(folder_dataset, tmp_path, capsys):
+def test_low_res_needs_a_smaller_size_and_works_on_both_data_paths(folder_dataset, tmp_path, capsys):
     from visionfit.cli import main
 
     common = [
@@ -174,8 +174,12 @@ def test_low_res_needs_the_memory_path_and_a_smaller_size(folder_dataset, tmp_pa
         "--run-dir",
         str(tmp_path / "runs"),
     ]
-    assert main([*common, "--data-path", "loader", "--low-res-epochs", "2", "--workers", "0"]) == 2
-    assert "--low-res-epochs needs the memory data path" in capsys.readouterr().err
     assert main([*common, "--low-res-epochs", "2", "--low-res-size", "32"]) == 2
     assert "--low-res-size 32 must be smaller than the input size 32" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+    loader = ["--data-path", "loader", "--low-res-epochs", "1", "--epochs", "2", "--workers", "0"]
+    assert main([*common, *loader, "--no-tensorboard"]) == 2  # cifar10-quick's Linear wants 32 px
+    error = capsys.readouterr().err
+    assert "cannot take 24x24 input" in error and "another --low-res-size" in error
+    airnet = ["--model", "airnet", "--model-arg", "width=8", "--no-tensorboard"]
+    assert main([*common, *loader, *airnet]) == 0

@@ -73,7 +73,7 @@ def test_global_batch_must_divide_over_the_processes_and_sync_bn_needs_gpus():
 
     def check(batch_size: int, sync_bn: bool, world_size: int) -> None:
         config = TrainConfig(batch_size=batch_size, sync_bn=sync_bn)
-        check_setup(config, device_type="cpu", world_size=world_size, input_size=32, data_path="memory")
+        check_setup(config, device_type="cpu", world_size=world_size, input_size=32)
 
     check(64, False, 4)
     with pytest.raises(UserError, match="--batch-size 10 is the global batch"):

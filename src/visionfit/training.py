@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from visionfit.config import TrainConfig, apply_overrides, config_from
-from visionfit.config.validation import check_setup
+from visionfit.config.validation import check_setup, low_res_side
 from visionfit.console import logger, setup_logging
 from visionfit.data.batches import create_batches, preview
 from visionfit.data.memory import choose_data_path
@@ -185,7 +185,6 @@ def check_run_setup(config: TrainConfig, runtime: Runtime, data: DataSplits, pre
         device_type=runtime.device.type,
         world_size=runtime.world_size,
         input_size=preprocess.input_size,
-        data_path=data_path,
     )
     return data_path
 
@@ -213,30 +212,36 @@ def build_training_model(
             weights=config.weights,
             load_weights=plan.folder is None or not has_weights(plan.folder),
         )
-    check_model_fits(model, preprocess, num_classes, config.model)
+    sides = {preprocess.input_size: "--input-size"}
+    low_res = low_res_side(config, preprocess.input_size)
+    if low_res is not None:
+        sides[low_res] = "--low-res-size"
+    check_model_fits(model, num_classes, config.model, sides)
     return runtime.prepare_model(convert_sync_batchnorm(model, config.sync_bn))
 
 
-def check_model_fits(model: nn.Module, preprocess: Preprocess, num_classes: int, name: str) -> None:
-    """Fail before training, in one line, when the model cannot take the input or has the wrong
-    number of outputs (for example cifar10-quick at --input-size 64)."""
-    side = preprocess.input_size
+def check_model_fits(model: nn.Module, num_classes: int, name: str, sides: dict[int, str]) -> None:
+    """Fail before training, in one line, when the model cannot take an input side it will get
+    (`sides`: side → the flag that sets it) or has the wrong number of outputs (for example
+    cifar10-quick at --input-size 64)."""
     was_training = model.training
     try:
-        with torch.no_grad():
-            output = model.eval()(torch.zeros(2, 3, side, side))
-    except RuntimeError as error:
-        raise UserError(
-            f"model {name} cannot take {side}x{side} input "
-            f"({str(error).splitlines()[0]}); use its own size or another --input-size"
-        ) from None
+        for side, flag in sides.items():
+            try:
+                with torch.no_grad():
+                    output = model.eval()(torch.zeros(2, 3, side, side))
+            except RuntimeError as error:
+                raise UserError(
+                    f"model {name} cannot take {side}x{side} input "
+                    f"({str(error).splitlines()[0]}); use its own size or another {flag}"
+                ) from None
+            if tuple(output.shape) != (2, num_classes):
+                raise UserError(
+                    f"model {name} returns shape {tuple(output.shape[1:])} per image, "
+                    f"expected ({num_classes},) for {num_classes} classes"
+                )
     finally:
         model.train(was_training)
-    if tuple(output.shape) != (2, num_classes):
-        raise UserError(
-            f"model {name} returns shape {tuple(output.shape[1:])} per image, "
-            f"expected ({num_classes},) for {num_classes} classes"
-        )
 
 
 def ready_to_train(

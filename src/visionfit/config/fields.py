@@ -104,8 +104,8 @@ class TrainConfig:
     )
     low_res_epochs: int = option(
         0,
-        "memory data path: train the first N epochs on images scaled down to --low-res-size, at "
-        "about (low-res-size / input-size)^2 of the compute per epoch; testing stays at full size",
+        "train the first N epochs on images scaled down to --low-res-size, at about "
+        "(low-res-size / input-size)^2 of the compute per epoch; testing stays at full size",
         "data",
         metavar="N",
     )

@@ -124,9 +124,7 @@ def low_res_side(config: TrainConfig, input_size: int) -> int | None:
     return config.low_res_size or input_size * 3 // 4
 
 
-def check_setup(
-    config: TrainConfig, *, device_type: str, world_size: int, input_size: int, data_path: str
-) -> None:
+def check_setup(config: TrainConfig, *, device_type: str, world_size: int, input_size: int) -> None:
     """What depends on where and on what the run trains: refused before a run folder is made."""
     check_global_batch(config.batch_size, world_size)
     if config.sync_bn and world_size > 1 and device_type == "cpu":
@@ -140,8 +138,3 @@ def check_setup(
     low_res = low_res_side(config, input_size)
     if low_res is not None and low_res >= input_size:
         raise UserError(f"--low-res-size {low_res} must be smaller than the input size {input_size}")
-    if low_res is not None and data_path != "memory":
-        raise UserError(
-            "--low-res-epochs needs the memory data path (--data-path auto or memory, for pictures of "
-            "at most 64 px that fit in 2 GiB); drop --low-res-epochs to use the loader path"
-        )
