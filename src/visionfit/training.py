@@ -35,6 +35,7 @@ from visionfit.distributed import (
 from visionfit.engine.checkpointing import LAST, RunCheckpoints, has_weights
 from visionfit.engine.epochs import TrainingRun, fit, test
 from visionfit.engine.events import open_events
+from visionfit.engine.features import frozen_features
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimization
@@ -46,7 +47,7 @@ from visionfit.models import ModelRecord, create_training_model, get_model_spec,
 from visionfit.models.custom import class_reference, is_custom_reference, load_class
 from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
 from visionfit.models.record import remember_record
-from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything
+from visionfit.runtime import Runtime, configure_determinism, create_runtime, seed_everything, unwrap_model
 
 IMAGE_GRID_SIZE = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,8 +120,19 @@ def train(
     events = open_events(
         run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
     )
+    features = frozen_features(unwrap_model(model), config, runtime, data, preprocess, data_path, logger.info)
     run = TrainingRun(
-        config, runtime, data, preprocess, model, batches, test_batches, optimization, checkpoints, events
+        config,
+        runtime,
+        data,
+        preprocess,
+        model,
+        batches,
+        test_batches,
+        optimization,
+        checkpoints,
+        events,
+        features,
     )
     announce(run, plan, state, data_path)
     result = finish(run, state, history, guarded_fit(run, state, history))
@@ -344,7 +356,7 @@ def finish(
 
     config, run_dir, classes = run.config, run.checkpoints.folder.parent, run.data.classes
     if last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
-        last_test = test(run, keep_predictions=True)
+        last_test = test(run, config.epochs, keep_predictions=True)
     predictions = last_test.predictions
     best = next(record for record in history if record["epoch"] == state.best_epoch)
     result = TrainResult(run_dir, classes, history, state.best_epoch)

@@ -181,6 +181,21 @@ class TrainConfig:
     unfreeze_at: int | None = option(
         None, "with --freeze backbone: train the whole network from this epoch on", "model", metavar="EPOCH"
     )
+    feature_cache: bool = option(
+        True,
+        "with --freeze backbone: compute the frozen backbone's features of every picture once (kept in "
+        "memory and in visionfit's cache) and train only the head on them, so that epochs after the "
+        "first cost almost nothing; one process only",
+        "model",
+    )
+    feature_views: int = option(
+        0,
+        "with the feature cache: also K augmented views of each training picture (K more backbone "
+        "passes, once); each epoch each picture uses one of its views at random. 0: the evaluation "
+        "view only (no augmentation while the backbone is frozen)",
+        "model",
+        metavar="K",
+    )
     backbone_lr_scale: float = option(
         1.0, "learning rate of the backbone relative to --lr (the head's)", "model", metavar="X"
     )

@@ -67,6 +67,8 @@ def _check_counts(config: TrainConfig) -> None:
         raise UserError(f"--workers must be 0 or more, got {config.workers}")
     if config.checkpoint_every_steps < 0 or config.checkpoint_every_minutes < 0:
         raise UserError("--checkpoint-every-steps and --checkpoint-every-minutes must be 0 (off) or more")
+    if config.feature_views < 0:
+        raise UserError(f"--feature-views must be 0 or more, got {config.feature_views}")
     if config.log_every < 0:
         raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
 
@@ -102,6 +104,11 @@ def _check_data_and_model(config: TrainConfig) -> None:
     if config.unfreeze_at is not None and (config.freeze != "backbone" or not config.unfreeze_at >= 2):
         raise UserError(
             f"--unfreeze-at needs --freeze backbone and an epoch of 2 or more, got {config.unfreeze_at}"
+        )
+    if config.feature_views and not (config.freeze == "backbone" and config.feature_cache and config.augment):
+        raise UserError(
+            "--feature-views draws augmented views for the feature cache: it needs --freeze backbone, "
+            "--feature-cache and --augment"
         )
     if config.dataset is not None:
         from visionfit.data.registry import check_data_dir

@@ -22,6 +22,7 @@ from visionfit.data.transforms import Preprocess
 from visionfit.distributed import barrier, count_across, gather_to_main, sum_across
 from visionfit.engine.checkpointing import RunCheckpoints
 from visionfit.engine.events import RunEvents
+from visionfit.engine.features import FrozenFeatures
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
 from visionfit.engine.metrics import Predictions
 from visionfit.engine.optim import Optimization
@@ -44,6 +45,7 @@ class TrainingRun:
     optimization: Optimization
     checkpoints: RunCheckpoints
     events: RunEvents
+    features: FrozenFeatures | None = None  # the frozen backbone's features, with --freeze backbone
 
     @property
     def classes(self) -> list[str]:
@@ -52,6 +54,12 @@ class TrainingRun:
     @property
     def plain_model(self) -> nn.Module:
         return unwrap_model(self.model)
+
+    def on_features(self, epoch: int) -> FrozenFeatures | None:
+        """The feature cache, when this epoch trains with the backbone frozen and the run has one."""
+        config = self.config
+        frozen = backbone_frozen(config.freeze, config.unfreeze_at, epoch)
+        return self.features if frozen else None
 
 
 def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
@@ -84,7 +92,7 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
     tested = time.perf_counter()
     evaluation = None
     if epoch % config.test_every == 0 or epoch == config.epochs:
-        evaluation = test(run, keep_predictions=epoch == config.epochs)
+        evaluation = test(run, epoch, keep_predictions=epoch == config.epochs)
     report = evaluation.sums.report(run.classes) if evaluation is not None else None
     record = {
         "epoch": epoch,
@@ -115,8 +123,11 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
     """The training steps of the epoch `state` is in, from the batch it stands at; mid-epoch
     checkpoints when due. Returns the epoch's mean training loss and its seconds of training."""
     config, runtime = run.config, run.runtime
-    steps_in_epoch = run.batches.batches_per_epoch()
-    run.batches.set_epoch(state.epoch, start_batch=state.batch)
+    features = run.on_features(state.epoch)
+    # With the backbone frozen and its features cached, only the head trains, on the features.
+    model, batches = (features.head, features) if features is not None else (run.model, run.batches)
+    steps_in_epoch = batches.batches_per_epoch()
+    batches.set_epoch(state.epoch, start_batch=state.batch)
     title = f"epoch {state.epoch}/{config.epochs}"
     progress = EpochProgress(steps_in_epoch, title, enabled=None if runtime.is_main else False)
     progress.bar.update(state.batch)
@@ -124,8 +135,8 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
     started = time.perf_counter() - state.epoch_seconds
     optimization = run.optimization
     steps = train_steps(
-        run.model,
-        run.batches,
+        model,
+        batches,
         optimization.loss_fn,
         optimization.optimizer,
         optimization.scheduler,
@@ -174,19 +185,24 @@ def report_step(run: TrainingRun, state: TrainState, output: StepOutput, progres
     progress.line(f"{epoch}  step {state.global_step}  loss {loss:.4f}  lr {lr:.4g}")
 
 
-def test(run: TrainingRun, *, keep_predictions: bool = False) -> Evaluation:
-    """The test set's metrics for the current weights, with the run's test-time augmentation: each
-    rank classifies its share, the sums are added up over all ranks, and kept predictions are
-    joined on rank 0."""
-    config = run.config
-    classifier = Classifier(
-        run.plain_model,
-        run.batches.normalize,
-        run.runtime,
-        flip=config.test_time_flip,
-        shift=config.test_time_shift,
-    )
-    evaluation = evaluate(classifier, run.test_batches, len(run.classes), keep_predictions=keep_predictions)
+def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Evaluation:
+    """The test set's metrics for the weights after `epoch`, with the run's test-time augmentation:
+    each rank classifies its share, the sums are added up over all ranks, and kept predictions are
+    joined on rank 0. While the backbone is frozen, the head classifies the cached test features."""
+    config, features = run.config, run.on_features(epoch)
+    if features is not None and features.tests_on_features:  # the frozen backbone's test features
+        classifier = Classifier(features.head, lambda batch: batch, run.runtime)
+        batches: Iterable[SourceBatch] = features.test_batches()
+    else:
+        classifier = Classifier(
+            run.plain_model,
+            run.batches.normalize,
+            run.runtime,
+            flip=config.test_time_flip,
+            shift=config.test_time_shift,
+        )
+        batches = run.test_batches
+    evaluation = evaluate(classifier, batches, len(run.classes), keep_predictions=keep_predictions)
     predictions = None
     if evaluation.predictions is not None:
         parts = gather_to_main(evaluation.predictions)
