@@ -4,7 +4,8 @@
 in eval mode on the chosen device, in the runtime's precision and memory layout, and returns it as
 an `InferenceModel` together with everything needed to feed it and read it: the class names, the
 preprocessing, the test-time augmentation training tested with, and the runtime. `predict`,
-`eval`, `load_model`, export and serve all start here, so a model answers the same everywhere.
+`eval`, `load_model`, export and serve all start here, so a model answers the same everywhere. An
+exported `.onnx` file loads here too (`onnx_model`), as a network that runs on onnxruntime.
 
 An `InferenceModel` classifies uint8 batches at its input size (`preprocess` resizes pictures to
 that); everything after the resize — normalisation, layout, precision, test-time augmentation —
@@ -13,7 +14,7 @@ happens inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,11 @@ def load_for_inference(
     trust_model_code: bool = False,
     allow_model_code: bool = True,
     model: nn.Module | None = None,
+    classes: Sequence[str] | None = None,
+    input_size: int | None = None,
 ) -> InferenceModel:
-    """Load a visionfit checkpoint (a `.safetensors` file or a run folder) for inference.
+    """Load a visionfit checkpoint (a `.safetensors` file or a run folder) or an exported `.onnx`
+    file for inference.
 
     `device`, `precision` and `channels_last` are chosen as training chooses them (`"auto"`: bf16
     autocast on CPUs with AVX512-BF16 or AMX and on GPUs that have it; `precision="fp32"` gives
@@ -139,7 +143,29 @@ def load_for_inference(
     `trust_model_code=True`; `allow_model_code=False` refuses any checkpoint that names code unless
     `trust_model_code` (what a service does). `model`: an instance to load the weights into (for
     models trained as instances).
+
+    A `.onnx` file runs on onnxruntime (`visionfit.onnx_model`; it runs no Python code, and
+    `precision` can only be auto or fp32): a visionfit export brings its classes and preprocessing;
+    `classes` and `input_size` name them for an ONNX classifier without visionfit metadata.
     """
+    if Path(source).suffix.lower() == ".onnx":
+        if model is not None:
+            raise UserError(f"{source} is an ONNX file; model= is for checkpoints of instances")
+        from visionfit.onnx_model import load_onnx  # onnxruntime is an optional extra
+
+        return load_onnx(
+            source,
+            device=device,
+            precision=precision,
+            flip=flip,
+            shift=shift,
+            classes=classes,
+            input_size=input_size,
+        )
+    if classes is not None or input_size is not None:
+        raise UserError(
+            f"{source}: --classes and --input-size are for ONNX files; a checkpoint knows its own"
+        )
     checkpoint = load_checkpoint(source, device="cpu")
     network = build_model(
         checkpoint, model, trust_model_code=trust_model_code, allow_model_code=allow_model_code
