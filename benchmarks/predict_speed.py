@@ -21,11 +21,10 @@ import torch
 
 from visionfit.data.cifar import CIFAR10_CLASSES
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import save_checkpoint
-from visionfit.models import create_model
+from visionfit.engine.checkpoint import checkpoint_metadata, save_checkpoint
+from visionfit.models import create_model, record_of
 from visionfit.models.quick import CIFAR10_MEAN, CIFAR10_STD
 from visionfit.prediction import expand_inputs, load
-from visionfit.serialization import checkpoint_metadata
 
 
 def main() -> None:
@@ -52,9 +51,7 @@ def main() -> None:
         if checkpoint is None:
             model = create_model("cifar10-quick", 10)
             preprocess = Preprocess(32, CIFAR10_MEAN, CIFAR10_STD)
-            metadata = checkpoint_metadata(
-                model_name="cifar10-quick", model_args={}, classes=CIFAR10_CLASSES, preprocess=preprocess
-            )
+            metadata = checkpoint_metadata(record_of(model), CIFAR10_CLASSES, preprocess)
             checkpoint = root / "model.safetensors"
             save_checkpoint(checkpoint, model.state_dict(), metadata)
         started = time.perf_counter()
@@ -66,9 +63,9 @@ def main() -> None:
         )
         print(
             f"checkpoint load: {time.perf_counter() - started:.3f} s; "
-            f"torch threads {torch.get_num_threads()}; model {type(predictor.model).__name__}, "
-            f"precision {predictor.runtime.precision}, "
-            f"test-time flip {predictor.flip}, shift {predictor.shift}"
+            f"torch threads {torch.get_num_threads()}; model {type(predictor.model.network).__name__}, "
+            f"precision {predictor.model.runtime.precision}, "
+            f"test-time flip {predictor.model.flip}, shift {predictor.model.shift}"
         )
         files = expand_inputs([str(root)])
         rates = []

@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_model": "visionfit.serialization",
     "load": "visionfit.prediction",
     "load_for_inference": "visionfit.inference",
-    "InferenceModel": "visionfit.inference",
+    "InferenceModel": "visionfit.inference_model",
     "Predictor": "visionfit.prediction",
     "save_model": "visionfit.serialization",
     "Preprocess": "visionfit.data.transforms",

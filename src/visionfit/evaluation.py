@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,16 +94,25 @@ def evaluate_checkpoint(
     workers: int = 0,
     precision: str = "auto",
     trust_model_code: bool = False,
+    classes: Sequence[str] | None = None,
+    input_size: int | None = None,
 ) -> EvalResult:
     """Evaluate a checkpoint on a split of a dataset, with the test-time augmentation its training
     tested with, so that eval repeats the epoch's numbers.
 
     Without `dataset`/`data_dir`, the ones the checkpoint was trained on; a folder dataset without
     train/ and val/ sub-folders is split with the checkpoint's own seed and fraction, so "test" is
-    the very images training held out. "val" and "test" both name the held-out split.
+    the very images training held out. "val" and "test" both name the held-out split. An exported
+    `.onnx` file is evaluated on onnxruntime, on its checkpoint's data by default; `classes` and
+    `input_size` are for an ONNX classifier without visionfit metadata.
     """
     model = load_for_inference(
-        checkpoint, device=device, precision=precision, trust_model_code=trust_model_code
+        checkpoint,
+        device=device,
+        precision=precision,
+        trust_model_code=trust_model_code,
+        classes=classes,
+        input_size=input_size,
     )
     config = model.metadata.get("config", {})
     if dataset is None and data_dir is None:

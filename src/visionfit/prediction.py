@@ -25,7 +25,8 @@ from visionfit.data.folder import is_image_name
 from visionfit.data.images import open_rgb, to_rgb
 from visionfit.data.transforms import Preprocess, as_uint8_tensor, resize_picture
 from visionfit.errors import UserError
-from visionfit.inference import InferenceModel, load_for_inference
+from visionfit.inference import load_for_inference
+from visionfit.inference_model import InferenceModel
 
 ImageInput = str | Path | Image.Image | torch.Tensor | BinaryIO
 STDIN = "-"
@@ -162,14 +163,17 @@ def load(
     flip: bool | None = None,
     shift: int | None = None,
     trust_model_code: bool = False,
+    classes: Sequence[str] | None = None,
+    input_size: int | None = None,
 ) -> Predictor:
-    """Load a visionfit checkpoint (file or run folder) as a `Predictor`.
+    """Load a visionfit checkpoint (file or run folder) or an exported `.onnx` file as a `Predictor`.
 
     `precision="auto"` chooses as training does (bf16 autocast on CPUs with AVX512-BF16 or AMX and on
     GPUs that have it); `"fp32"` gives the exact float32 outputs. `flip` (test-time flip: average
     each image's prediction with its mirror image's) and `shift` (also with copies moved that many
     pixels; 0: off) default to what the checkpoint's training did. `trust_model_code`: see
-    `load_for_inference`.
+    `load_for_inference`. An ONNX file runs on onnxruntime with the same preprocessing;
+    `classes` and `input_size` name them for an ONNX classifier without visionfit metadata.
 
     >>> predictor = visionfit.load("runs/my-run")
     >>> predictor.predict(["cat.jpg"], top_k=3)
@@ -183,6 +187,8 @@ def load(
             flip=flip,
             shift=shift,
             trust_model_code=trust_model_code,
+            classes=classes,
+            input_size=input_size,
         )
     )
 

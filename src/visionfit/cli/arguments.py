@@ -94,3 +94,29 @@ def add_trust_option(parser: argparse.ArgumentParser) -> None:
         help="run a checkpoint's own model file (path.py:Class) even when it is not the file training "
         "used; without it such a checkpoint is refused (an ONNX export shares a model without code)",
     )
+
+
+def class_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"expected at least two comma-separated class names, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"class names repeat in {text!r}")
+    return names
+
+
+def add_onnx_options(parser: argparse.ArgumentParser) -> None:
+    """--classes and --input-size: what an ONNX classifier without visionfit metadata cannot say."""
+    group = parser.add_argument_group("ONNX files without visionfit metadata")
+    group.add_argument(
+        "--classes",
+        type=class_names,
+        metavar="A,B,...",
+        help="the class names of the model's outputs, in order (for a visionfit export: renames them)",
+    )
+    group.add_argument(
+        "--input-size",
+        type=positive,
+        metavar="N",
+        help="the side of the square float RGB [0, 1] NCHW input the graph takes (default: its fixed size)",
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from visionfit.choices import SPLITS
-from visionfit.cli.arguments import add_runtime_options, add_trust_option, positive
+from visionfit.cli.arguments import add_onnx_options, add_runtime_options, add_trust_option, positive
 from visionfit.data.registry import dataset_names
 
 
@@ -16,8 +16,8 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "eval",
         help="evaluate a checkpoint on a dataset split: metrics, confusion matrix, mistakes",
-        description="Evaluate a checkpoint (a .safetensors file or a run folder). Without --dataset "
-        "and --data-dir, the data it was trained on.",
+        description="Evaluate a checkpoint (a .safetensors file or a run folder) or an exported .onnx "
+        "file (on onnxruntime). Without --dataset and --data-dir, the data it was trained on.",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT")
     parser.add_argument("--dataset", choices=dataset_names(), help="as in train")
@@ -32,6 +32,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
     add_runtime_options(parser)
     add_trust_option(parser)
+    add_onnx_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -49,6 +50,8 @@ def run(arguments: argparse.Namespace) -> int:
         workers=arguments.workers,
         precision=arguments.precision,
         trust_model_code=arguments.trust_model_code,
+        classes=arguments.classes,
+        input_size=arguments.input_size,
     )
     print(f"{result.checkpoint} on the {result.description}")
     print(format_report(result.report, result.classes))

@@ -10,16 +10,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from visionfit.cli.arguments import add_runtime_options, add_test_time_options, add_trust_option, positive
+from visionfit.cli.arguments import (
+    add_onnx_options,
+    add_runtime_options,
+    add_test_time_options,
+    add_trust_option,
+    positive,
+)
 from visionfit.errors import UserError
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "predict",
-        help="classify images with a checkpoint",
+        help="classify images with a checkpoint or an exported .onnx file",
         description="Classify images: files, folders (recursively), globs, or - for one image on stdin. "
-        "Unreadable files are reported on their row and make the exit code 1.",
+        "Unreadable files are reported on their row and make the exit code 1. CHECKPOINT is a "
+        ".safetensors file, a run folder or an exported .onnx file (run on onnxruntime).",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT")
     parser.add_argument("inputs", metavar="INPUT", nargs="+")
@@ -33,6 +40,7 @@ def add_parser(commands: Any) -> None:
     add_runtime_options(parser)
     add_test_time_options(parser)
     add_trust_option(parser)
+    add_onnx_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -55,6 +63,8 @@ def run(arguments: argparse.Namespace) -> int:
         flip=arguments.test_time_flip,
         shift=arguments.test_time_shift,
         trust_model_code=arguments.trust_model_code,
+        classes=arguments.classes,
+        input_size=arguments.input_size,
     )
     predictions = list(
         predictor.predict_sources(

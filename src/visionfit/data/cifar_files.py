@@ -164,7 +164,7 @@ def load_cifar10(request: DataRequest) -> DataSplits:
     """A local copy at --data-dir (or in visionfit's cache), else the official download; when the
     user named no data at all and neither works, the bundled sample, after one line saying so."""
     try:
-        return _cifar10(request.data_dir)
+        return _cifar10(request.data_dir, request.download)
     except UserError as error:
         if not request.unnamed:
             raise
@@ -176,11 +176,14 @@ def load_cifar10(request: DataRequest) -> DataSplits:
         return load_sample(request)
 
 
-def _cifar10(data_dir: str | None) -> DataSplits:
+def _cifar10(data_dir: str | None, download: bool = True) -> DataSplits:
     root = Path(data_dir).expanduser() if data_dir else default_cifar10_root()
     if root.exists() and not root.is_dir():
         raise UserError(f"--data-dir {root} is a file; point it at a folder")
-    folder = find_cifar10(root) or download_cifar10(root)
+    folder = find_cifar10(root)
+    if folder is None and not download:
+        raise UserError(f"CIFAR-10 is not in {root}; pass --data-dir DIR of a local copy")
+    folder = folder or download_cifar10(root)
     train, test = read_cifar10(folder)
     description = f"CIFAR-10 from {folder} ({len(train)} train / {len(test)} test)"
     return DataSplits("cifar10", list(CIFAR10_CLASSES), train, test, description)

@@ -56,6 +56,7 @@ class DataRequest:
     seed: int = 0
     notify: Callable[[str], None] = print
     unnamed: bool = False
+    download: bool = True  # False: only data already on this machine (export's checks never download)
 
 
 Loader = Callable[[DataRequest], DataSplits]
@@ -130,10 +131,14 @@ def load_data(
     val_fraction: float = 0.1,
     seed: int = 0,
     notify: Callable[[str], None] = print,
+    download: bool = True,
 ) -> DataSplits:
     """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through
-    `notify` when it is not the default), else the default source."""
-    request = DataRequest(data_dir, val_fraction, seed, notify, unnamed=dataset is None and not data_dir)
+    `notify` when it is not the default), else the default source. `download=False`: a source
+    that would download raises `UserError` instead."""
+    request = DataRequest(
+        data_dir, val_fraction, seed, notify, unnamed=dataset is None and not data_dir, download=download
+    )
     if dataset is None and data_dir:
         found = recognise(Path(data_dir).expanduser())
         if found is not None and found.name != DEFAULT_DATASET:
