@@ -1,8 +1,8 @@
 """The `visionfit` command: parse, build a config, call the library.
 
-One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `predict`, `importing`
-for import), each with `add_parser` and the `run` it sets as the parser's handler. Torch is imported
-only inside the handlers, so `visionfit --help` answers at once.
+One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `predict`, `serve`,
+`importing` for import), each with `add_parser` and the `run` it sets as the parser's handler. Torch
+(and FastAPI) are imported only inside the handlers, so `visionfit --help` answers at once.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from visionfit.cli import evaluate, importing, models, predict, recipes, train
+from visionfit.cli import evaluate, importing, models, predict, recipes, serve, train
 from visionfit.errors import UserError
 
-SUBCOMMANDS = (train, models, recipes, evaluate, predict, importing)
+SUBCOMMANDS = (train, models, recipes, evaluate, predict, serve, importing)
 
 
 def build_parser() -> argparse.ArgumentParser:
