@@ -55,20 +55,32 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--port", type=_port, default=8000, help="(default: 8000)")
     add_runtime_options(parser)
     add_test_time_options(parser)
-    add_trust_option(parser)
+    add_trust_option(
+        parser,
+        help="serve a checkpoint of your own model file (path.py:Class), which loading runs; without it "
+        "such a checkpoint is refused (serve an ONNX export of it instead: it runs no Python code)",
+    )
     limits = parser.add_argument_group("limits (each bounds memory or work)")
-    limits.add_argument("--max-body-mb", type=positive, default=16, help="largest request body (default: 16)")
-    limits.add_argument("--max-files", type=positive, default=32, help="images per request (default: 32)")
-    limits.add_argument("--max-batch", type=positive, default=64, help="images per model batch (default: 64)")
+    limits.add_argument(
+        "--max-body-mb", type=positive, default=16, metavar="MB", help="largest request body (default: 16)"
+    )
+    limits.add_argument(
+        "--max-files", type=positive, default=32, metavar="N", help="images per request (default: 32)"
+    )
+    limits.add_argument(
+        "--max-batch", type=positive, default=64, metavar="N", help="images per model batch (default: 64)"
+    )
     limits.add_argument(
         "--max-wait-ms",
         type=_milliseconds,
+        metavar="MS",
         default=3.0,
         help="how long an image waits for others to share its model batch (default: 3)",
     )
     limits.add_argument(
         "--max-queue",
         type=positive,
+        metavar="N",
         default=64,
         help="requests served at once; more are answered 503 with Retry-After (default: 64)",
     )
