@@ -1,8 +1,9 @@
 """The `visionfit` command: parse, build a config, call the library.
 
 One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `predict`, `importing`
-for import, `export`), each with `add_parser` and the `run` it sets as the parser's handler. Torch
-(and onnx) is imported only inside the handlers, so `visionfit --help` answers at once.
+for import, `export`, `serve`), each with `add_parser` and the `run` it sets as the parser's
+handler. Torch (and onnx, FastAPI) are imported only inside the handlers, so `visionfit --help`
+answers at once.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from visionfit.cli import evaluate, export, importing, models, predict, recipes, train
+from visionfit.cli import evaluate, export, importing, models, predict, recipes, serve, train
 from visionfit.errors import UserError
 
-SUBCOMMANDS = (train, models, recipes, evaluate, predict, importing, export)
+SUBCOMMANDS = (train, models, recipes, evaluate, predict, importing, export, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,11 +87,12 @@ def add_test_time_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_trust_option(parser: argparse.ArgumentParser) -> None:
+def add_trust_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     parser.add_argument(
         "--trust-model-code",
         action="store_true",
-        help="run a checkpoint's own model file (path.py:Class) even when it is not the file training "
+        help=help
+        or "run a checkpoint's own model file (path.py:Class) even when it is not the file training "
         "used; without it such a checkpoint is refused (an ONNX export shares a model without code)",
     )
 
