@@ -90,6 +90,24 @@ def test_a_served_answer_is_what_predict_json_prints(client, checkpoint, tmp_pat
     assert record["probability"] == pytest.approx(printed[1]["probability"], abs=1e-6)
 
 
+def test_an_onnx_export_is_served_as_predict_runs_it(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    exported = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "--out", str(exported)]) == 0
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(image_bytes("PNG", (50, 40), 3))
+    capsys.readouterr()
+    assert main(["predict", str(exported), str(picture), "--json", "--top-k", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    _, app = serve(exported)
+    with TestClient(app) as client:
+        served = client.post("/predict?top_k=3", content=picture.read_bytes()).json()[0]
+        info = client.get("/info").json()
+    assert [entry["class"] for entry in served["top"]] == [entry["class"] for entry in printed["top"]]
+    assert served["probability"] == pytest.approx(printed["probability"], abs=1e-6)
+    assert info["classes"] == CLASSES
+
+
 def test_info_health_page_and_api_docs(client, checkpoint):
     info = client.get("/info").json()
     assert info["classes"] == CLASSES and info["input_size"] == 32

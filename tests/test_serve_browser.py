@@ -46,7 +46,7 @@ def sync_playwright_or_skip():
 
 def api_answer(url: str, path: Path) -> tuple[int, object]:
     """What the API answers for `path` uploaded as the page uploads it."""
-    import httpx
+    import httpx2 as httpx
 
     response = httpx.post(
         f"{url}/predict?top_k=3", files={"files": (path.name, path.read_bytes())}, timeout=30
