@@ -4,6 +4,7 @@ training (or skipped on request), nothing is decoded that should not be, no inpu
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 import zlib
@@ -188,3 +189,29 @@ def test_an_empty_class_folder_is_an_error_naming_it(corpus, tmp_path, capsys):
     assert main(train_on(corpus, tmp_path, "--bad-images", "skip")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "class folder" in err and "gamma has no images" in err
+
+
+def test_files_that_passed_the_check_are_not_checked_again_until_they_change(tmp_path, monkeypatch):
+    import visionfit.data.scan as scan
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    good = [folder / f"{index}.png" for index in range(3)]
+    for path in good:
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+    broken = folder / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    checked: list[Path] = []
+    real = scan.check_image
+    monkeypatch.setattr(scan, "check_image", lambda path: checked.append(path) or real(path))
+
+    assert [path for path, _ in scan.find_bad_images_once([*good, broken])] == [broken]
+    assert sorted(checked) == sorted([*good, broken])
+    checked.clear()
+    assert [path for path, _ in scan.find_bad_images_once([*good, broken])] == [broken]
+    assert checked == [broken]  # the good files are remembered; the bad one is reported again
+    checked.clear()
+    Image.new("RGB", (9, 9), (200, 20, 30)).save(good[1])  # changed: checked again
+    os.utime(good[1], ns=(1, 10**18))
+    scan.find_bad_images_once([*good, broken])
+    assert sorted(checked) == sorted([good[1], broken])

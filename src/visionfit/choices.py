@@ -25,6 +25,8 @@ SCHEDULERS = ("none", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
 SPLITS = ("train", "val", "test")
 RESIZE_MODES = ("crop", "squash")
+# torchvision's InterpolationMode values (checked without importing torchvision)
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 EXPORT_FORMATS = ("onnx",)
 QUANTIZE_MODES = ("int8",)
 # Reflect padding needs the shift below the smallest input side (--input-size 8).

@@ -129,15 +129,18 @@ def figure_pixels(figure: Figure) -> np.ndarray:
 
 def save_figures(figures: dict[str, Figure], folder: Path, writer: Any = None, step: int = 0) -> list[Path]:
     """Write each figure as `folder/NAME.png` and, given a TensorBoard writer, log it as image
-    `plots/NAME`. Returns the paths written."""
+    `plots/NAME`. Each figure is drawn once, for both. Returns the paths written."""
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, figure in figures.items():
+        pixels = figure_pixels(figure)
         path = folder / f"{name}.png"
-        figure.savefig(path)
+        Image.fromarray(pixels).save(path)
         paths.append(path)
         if writer is not None:
-            writer.add_image(f"plots/{name}", figure_pixels(figure), step, dataformats="HWC")
+            writer.add_image(f"plots/{name}", pixels, step, dataformats="HWC")
     if writer is not None:
         writer.flush()
     return paths

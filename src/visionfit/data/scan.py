@@ -1,8 +1,13 @@
 """A fast check of every image file before training starts, so a broken file is reported up front
-(or skipped) instead of stopping a run an hour in."""
+(or skipped) instead of stopping a run an hour in.
+
+Files that passed are remembered by path, size and modification time (as the decoded cache keys
+them), so the next run over the same data checks only what is new or changed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -14,6 +19,7 @@ from PIL import Image
 from visionfit.data.registry import DataSplits
 from visionfit.distributed import broadcast_from_main
 from visionfit.errors import UserError
+from visionfit.paths import cache_dir
 
 # JPEG can decode at 1/8 scale straight from its DCT coefficients: every byte of the entropy-coded
 # data is still read (truncation is caught) at a fraction of the cost of a full decode.
@@ -50,6 +56,41 @@ def find_bad_images(paths: list[Path], workers: int | None = None) -> list[tuple
     return [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
 
 
+def _identity(path: Path) -> str:
+    status = os.stat(path)
+    return f"{os.path.abspath(path)}\t{status.st_size}\t{status.st_mtime_ns}"
+
+
+def _record(paths: list[Path]) -> Path:
+    """Where the good files under the folder that holds `paths` are remembered."""
+    root = os.path.commonpath([os.path.abspath(path) for path in paths])
+    return cache_dir() / "checked" / f"{hashlib.sha256(root.encode()).hexdigest()[:32]}.txt"
+
+
+def find_bad_images_once(paths: list[Path]) -> list[tuple[Path, str]]:
+    """`find_bad_images`, skipping the files a previous check found good and that have not changed
+    since (same path, size and modification time); then remembers the good ones."""
+    record = _record(paths)
+    try:
+        known = set(record.read_text(encoding="utf-8").splitlines())
+    except OSError:
+        known = set()
+    identities = [_identity(path) for path in paths]
+    unknown = [path for path, identity in zip(paths, identities, strict=True) if identity not in known]
+    bad = find_bad_images(unknown) if unknown else []
+    if unknown:
+        failed = {path for path, _ in bad}
+        good = [identity for path, identity in zip(paths, identities, strict=True) if path not in failed]
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            temporary = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+            temporary.write_text("\n".join(good) + "\n", encoding="utf-8")
+            os.replace(temporary, record)
+        except OSError:  # a read-only cache costs only the next run's check
+            pass
+    return bad
+
+
 def screen_images(
     data: DataSplits, policy: str, notify: Callable[[str], None]
 ) -> tuple[DataSplits, list[tuple[Path, str]]]:
@@ -59,7 +100,7 @@ def screen_images(
     files = data.train.files() + data.test.files()
     if not files:
         return data, []
-    bad = broadcast_from_main(lambda: find_bad_images(files))
+    bad = broadcast_from_main(lambda: find_bad_images_once(files))
     if not bad:
         return data, []
     if policy == "error":

@@ -20,11 +20,11 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
-from visionfit.choices import RESIZE_MODES
+from visionfit.choices import INTERPOLATIONS, RESIZE_MODES
 from visionfit.errors import UserError
 
 # Up to this side length a picture is "small" (CIFAR-like): augment by padding and shifting rather
@@ -51,8 +51,11 @@ class Preprocess:
     interpolation: str = "bilinear"  # a torchvision InterpolationMode value, as the weights were trained
 
     @property
-    def interpolation_mode(self) -> F.InterpolationMode:
-        return F.InterpolationMode(self.interpolation)
+    def interpolation_mode(self) -> Any:
+        """The torchvision `InterpolationMode` (torchvision is imported on first use: a second at start)."""
+        from torchvision.transforms.v2 import InterpolationMode
+
+        return InterpolationMode(self.interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -70,7 +73,7 @@ class Preprocess:
         preprocess = cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
         if preprocess.resize_mode not in RESIZE_MODES:
             raise UserError(f"unknown resize mode {preprocess.resize_mode!r}")
-        if preprocess.interpolation not in {mode.value for mode in F.InterpolationMode}:
+        if preprocess.interpolation not in INTERPOLATIONS:
             raise UserError(f"unknown interpolation {preprocess.interpolation!r}")
         return preprocess
 
@@ -80,7 +83,10 @@ Picture = Image.Image | torch.Tensor
 
 def as_uint8_tensor(picture: Picture) -> torch.Tensor:
     """A PIL image or a (3, H, W) tensor as a plain tensor (uint8 stays uint8)."""
-    return F.to_image(picture).as_subclass(torch.Tensor)
+    if isinstance(picture, torch.Tensor):
+        return picture.as_subclass(torch.Tensor)
+    pixels = torch.from_numpy(np.array(picture))  # (H, W, C), or (H, W) for one channel
+    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
 
 
 def resize_picture(tensor: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
@@ -89,15 +95,16 @@ def resize_picture(tensor: torch.Tensor, preprocess: Preprocess) -> torch.Tensor
     "squash": straight to the square."""
     size = preprocess.input_size
     height, width = tensor.shape[-2:]
+    shorter = size if preprocess.resize_mode == "squash" else round(size / preprocess.crop_fraction)
+    if (height, width) == (size, size) and shorter == size:
+        return tensor  # nothing to do (and no torchvision to import: a second at start)
+    from torchvision.transforms.v2 import functional as F
+
+    mode = preprocess.interpolation_mode
     if preprocess.resize_mode == "squash":
-        if (height, width) != (size, size):
-            tensor = F.resize(
-                tensor, [size, size], interpolation=preprocess.interpolation_mode, antialias=True
-            )
-        return tensor
-    shorter = round(size / preprocess.crop_fraction)
+        return F.resize(tensor, [size, size], interpolation=mode, antialias=True)
     if min(height, width) != shorter:
-        tensor = F.resize(tensor, [shorter], interpolation=preprocess.interpolation_mode, antialias=True)
+        tensor = F.resize(tensor, [shorter], interpolation=mode, antialias=True)
     if tuple(tensor.shape[-2:]) != (size, size):
         tensor = F.center_crop(tensor, [size, size])
     return tensor
@@ -123,6 +130,8 @@ class PictureReader:
             return resize_picture(tensor, self.preprocess)
         top, left, height, width = random_resized_crop_box(*tensor.shape[-2:], rng or random.Random())
         size = self.preprocess.input_size
+        from torchvision.transforms.v2 import functional as F
+
         return F.resized_crop(
             tensor,
             top,

@@ -63,14 +63,14 @@ class Checkpoint:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
+    from importlib.metadata import version
 
     from visionfit import __version__
 
     return {
         "visionfit": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),  # without importing it (a second at start)
         "python": platform.python_version(),
     }
 

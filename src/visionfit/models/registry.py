@@ -45,6 +45,19 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Families whose models register only when a name is not found or the whole list is asked for:
+# listing torchvision's hundred models imports torchvision, which takes a second at every start.
+_FAMILIES: list[Callable[[], None]] = []
+
+
+def register_family(register: Callable[[], None]) -> None:
+    """`register()` registers a family's models when they are first needed."""
+    _FAMILIES.append(register)
+
+
+def _register_families() -> None:
+    while _FAMILIES:
+        _FAMILIES.pop(0)()
 
 
 def register_model(
@@ -72,6 +85,8 @@ def register_model(
 
 def get_model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
+        _register_families()
+    if name not in _REGISTRY:
         raise UserError(
             f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; `visionfit models` lists the choices"
         )
@@ -79,6 +94,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def list_models() -> list[ModelSpec]:
+    _register_families()
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import get_model, get_model_weights, list_models
 
 from visionfit.errors import UserError
 from visionfit.models.heads import attach_head
-from visionfit.models.registry import register_model
+from visionfit.models.registry import register_family, register_model
 
 FAMILY = "torchvision"
 # Models with auxiliary classifiers: in training mode they return a tuple of logits, which a
@@ -30,6 +28,8 @@ AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 def default_weights(name: str) -> Any:
     """The weights enum member `--pretrained` loads for `name` (torchvision's DEFAULT)."""
+    from torchvision.models import get_model_weights
+
     return get_model_weights(name).DEFAULT
 
 
@@ -115,6 +115,8 @@ def build_torchvision_model(
     elif name in AUX_HEADS:
         build_args.update(aux_logits=False, init_weights=True)
     build_args.update(args)
+    from torchvision.models import get_model
+
     model = get_model(name, weights=None, **build_args)
     if state_dict is not None:
         try:
@@ -129,6 +131,9 @@ def build_torchvision_model(
 
 
 def _register_all() -> None:
+    import torchvision
+    from torchvision.models import list_models
+
     for name in list_models(module=torchvision.models):
         weights = default_weights(name)
         transforms = weights.transforms()
@@ -147,4 +152,4 @@ def _register_all() -> None:
         )(partial(build_torchvision_model, name))
 
 
-_register_all()
+register_family(_register_all)
