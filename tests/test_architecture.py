@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SOURCE / "visionfit"
 
@@ -119,3 +121,25 @@ def test_the_command_line_starts_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_command_ends_at_once_unless_a_child_process_is_alive(monkeypatch):
+    import multiprocessing
+
+    import visionfit.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    def record_exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli.os, "_exit", record_exit)
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: [])
+    with pytest.raises(Exited, match="3"):
+        cli.run_and_exit()
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: ["a DataLoader worker"])
+    with pytest.raises(SystemExit) as caught:
+        cli.run_and_exit()  # the normal exit, which joins the child
+    assert caught.value.code == 3

@@ -1,5 +1,3 @@
-import sys
+from visionfit.cli import run_and_exit
 
-from visionfit.cli import main
-
-sys.exit(main())
+run_and_exit()
