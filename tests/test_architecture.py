@@ -143,3 +143,7 @@ def test_the_command_ends_at_once_unless_a_child_process_is_alive(monkeypatch):
     with pytest.raises(SystemExit) as caught:
         cli.run_and_exit()  # the normal exit, which joins the child
     assert caught.value.code == 3
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: [])
+    monkeypatch.setattr(cli.sys, "getprofile", lambda: "cProfile")
+    with pytest.raises(SystemExit):
+        cli.run_and_exit()  # a profiler writes its results at the normal exit

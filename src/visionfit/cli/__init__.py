@@ -72,14 +72,16 @@ def run_and_exit() -> None:
     Once a command has finished, tearing the interpreter down module by module takes about a
     second with PyTorch and its compiler loaded (benchmarks/RESULTS.md), on every run. Everything
     visionfit writes is closed and flushed by then, so the process ends at once — unless a child
-    process (a DataLoader worker) is still alive, which the normal exit joins."""
+    process (a DataLoader worker) is still alive, which the normal exit joins, or a profiler or
+    tracer (cProfile, coverage) is watching, which writes its results at the normal exit."""
     code = main()
     import multiprocessing
 
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    if not multiprocessing.active_children():
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not watched and not multiprocessing.active_children():
         os._exit(code)
     sys.exit(code)
 
