@@ -3,7 +3,7 @@ batches, run folder, TensorBoard, end-of-run plots — measured by timing vision
 from outside (nothing in visionfit is changed), in a fresh process per run.
 
     python benchmarks/startup_split.py -- --recipe tutorial --epochs 1 --data-dir DIR
-    python benchmarks/startup_split.py --runs 2 -- --dataset folder --data-dir PHOTOS --model mobilenet_v3_small --epochs 1
+    python benchmarks/startup_split.py -- --dataset folder --data-dir PHOTOS --model resnet18 --epochs 1
 
 With --runs 2 the second run finds the data already seen once (decoded cache, checked files).
 """
