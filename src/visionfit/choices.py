@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
 SPLITS = ("train", "val", "test")
+AUTO_AUGMENTS = ("none", "trivialwide", "randaugment", "augmix")
 RESIZE_MODES = ("crop", "squash")
 # Reflect padding needs the shift below the smallest input side (--input-size 8).
 MAX_TEST_TIME_SHIFT = 4

@@ -21,6 +21,7 @@ from visionfit.data.registry import DataSplits
 from visionfit.data.transforms import Preprocess
 from visionfit.distributed import barrier, count_across, gather_to_main, sum_across
 from visionfit.engine.checkpointing import RunCheckpoints
+from visionfit.engine.ema import WeightAverage
 from visionfit.engine.events import RunEvents
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
 from visionfit.engine.metrics import Predictions
@@ -44,6 +45,7 @@ class TrainingRun:
     optimization: Optimization
     checkpoints: RunCheckpoints
     events: RunEvents
+    ema: WeightAverage | None = None  # --ema: the moving average of the weights
 
     @property
     def classes(self) -> list[str]:
@@ -52,6 +54,11 @@ class TrainingRun:
     @property
     def plain_model(self) -> nn.Module:
         return unwrap_model(self.model)
+
+    @property
+    def tested_model(self) -> nn.Module:
+        """The weights the run tests and saves: the moving average with --ema, else the model."""
+        return self.ema.module if self.ema is not None else self.plain_model
 
 
 def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
@@ -104,7 +111,7 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         state.best_accuracy, state.best_epoch = report["accuracy"], epoch
     state.finish_epoch()
     if run.runtime.is_main:
-        run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best)
+        run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best, run.ema)
     barrier()  # the other ranks wait for rank 0's checkpoint
     run.checkpoints.restart_clock()
     log_epoch(config, record, best)
@@ -142,6 +149,8 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
         else:  # sums over all processes: every rank keeps the global numbers
             loss_sum += sum_across(output.loss * output.batch_size)
             state.epoch_samples += count_across(output.batch_size)
+            if run.ema is not None:
+                run.ema.update(run.plain_model)
         report_step(run, state, output, progress)
         running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
         progress.advance(output.batch_size * runtime.world_size, running)
@@ -150,7 +159,7 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
             state.epoch_loss_sum = loss_sum.item()
             state.epoch_seconds = time.perf_counter() - started
             if runtime.is_main:
-                run.checkpoints.save_last(run.plain_model, optimization, state, None)
+                run.checkpoints.save_last(run.plain_model, optimization, state, None, run.ema)
             run.checkpoints.restart_clock()
     progress.close()
     return (loss_sum / max(1, state.epoch_samples)).item(), time.perf_counter() - started
@@ -175,12 +184,12 @@ def report_step(run: TrainingRun, state: TrainState, output: StepOutput, progres
 
 
 def test(run: TrainingRun, *, keep_predictions: bool = False) -> Evaluation:
-    """The test set's metrics for the current weights, with the run's test-time augmentation: each
-    rank classifies its share, the sums are added up over all ranks, and kept predictions are
-    joined on rank 0."""
+    """The test set's metrics for the current weights (their average with --ema), with the run's
+    test-time augmentation: each rank classifies its share, the sums are added up over all ranks,
+    and kept predictions are joined on rank 0."""
     config = run.config
     classifier = Classifier(
-        run.plain_model,
+        run.tested_model,
         run.batches.normalize,
         run.runtime,
         flip=config.test_time_flip,
