@@ -28,9 +28,8 @@ from visionfit.training import train
 
 def small_network(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
+    layers = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(4, 2))
 
 
 def test_the_average_follows_the_weights_with_a_warm_up():
@@ -40,7 +39,7 @@ def test_the_average_follows_the_weights_with_a_warm_up():
     assert not average.module.training
     assert not any(parameter.requires_grad for parameter in average.module.parameters())
     decays = []
-    for step in range(4):
+    for _ in range(4):
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter))
