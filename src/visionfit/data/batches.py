@@ -139,7 +139,7 @@ def create_batches(
 def optional_augmentations(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     """The steps --auto-augment, --random-erasing, --mixup and --cutmix ask for (None when off)."""
     steps: dict[str, Any] = {"policy": None, "erasing": None, "mixing": None}
-    if config.auto_augment != "none":
+    if config.auto_augment not in (None, "none"):
         steps["policy"] = AutoAugment(config.auto_augment, seed=config.seed)
     if config.random_erasing > 0:
         steps["erasing"] = RandomErasing(config.random_erasing, seed=config.seed)
