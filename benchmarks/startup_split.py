@@ -103,9 +103,10 @@ def main() -> int:
     for label in labels:
         print(f"{label:52}" + "".join(f"{timings.get(label, 0.0):9.2f}s" for timings in results))
     for number, timings in enumerate(results, start=1):
-        outside = timings["wall (process start to exit, as the shell sees it)"] - timings[
-            "epochs (train, test, checkpoint)"
-        ]
+        outside = (
+            timings["wall (process start to exit, as the shell sees it)"]
+            - timings["epochs (train, test, checkpoint)"]
+        )
         print(f"run {number}: outside the epochs {outside:.2f} s")
     return 0
 

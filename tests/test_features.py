@@ -102,3 +102,15 @@ def test_a_resumed_cached_run_ends_as_an_uninterrupted_one(folder_dataset, tmp_p
     assert [record["test"]["loss"] for record in whole_records] == [
         record["test"]["loss"] for record in cut_records
     ]
+
+
+def test_with_ema_the_cached_path_tests_the_averaged_head(folder_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ["--no-augment", "--ema", "0.9"]
+    assert main(arguments(folder_dataset, runs, "plain", *extra, "--no-feature-cache")) == 0
+    assert main(arguments(folder_dataset, runs, "cached", *extra)) == 0
+    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
+    for one, other in zip(plain_records, cached_records, strict=True):
+        assert other["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)

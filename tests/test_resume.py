@@ -122,6 +122,43 @@ def test_interrupted_and_resumed_run_is_bit_identical(
     assert_same_run(reference_run, run)
 
 
+# Weight averaging of a BatchNorm network, trained on augmented and mixed batches.
+AVERAGED = {
+    "model": "airnet",
+    "model_args": {"width": 8},
+    "ema": 0.9,
+    "auto_augment": "trivialwide",
+    "random_erasing": 0.25,
+    "mixup": 0.2,
+    "cutmix": 1.0,
+    "label_smoothing": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def averaged_reference_run(noisy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("averaged-reference")
+    return train(**settings(noisy_dataset, run_dir, name="reference", **AVERAGED)).run_dir
+
+
+@pytest.mark.parametrize("stop_after", [1, 6, 13])
+def test_a_run_with_weight_averaging_and_augmentations_resumes_bit_identical(
+    noisy_dataset, averaged_reference_run, tmp_path, monkeypatch, stop_after
+):
+    """The average and the raw training weights both come back exactly, and the augmentations
+    draw the same for the batches after the checkpoint."""
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, stop_after)
+        with pytest.raises(Interrupt):
+            train(**settings(noisy_dataset, tmp_path, name="averaged", **AVERAGED))
+    train(resume=tmp_path / "averaged")
+    assert_same_run(averaged_reference_run, tmp_path / "averaged")
+    state = final_state(averaged_reference_run)
+    raw = {name[17:]: value for name, value in state.items() if name.startswith("training_weights/")}
+    assert raw.keys() == {name for name in state if "/" not in name}
+    assert not torch.equal(raw["head.weight"], state["head.weight"])  # the average is saved, not the raw
+
+
 @pytest.fixture(scope="module")
 def loader_reference_run(noisy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("loader-reference")

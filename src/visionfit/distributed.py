@@ -184,6 +184,24 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def main_values(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rank 0's values of `tensors` (the same list of shapes on every rank), as new tensors; the
+    given ones are left as they are. One broadcast per dtype. A single process gets `tensors` back."""
+    if not _several() or not tensors:
+        return tensors
+    values: list[torch.Tensor] = list(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_dtype.setdefault(tensor.dtype, []).append(index)
+    for indices in by_dtype.values():
+        flat = torch.cat([tensors[index].detach().reshape(-1) for index in indices])
+        dist.broadcast(flat, src=0)
+        parts = flat.split([tensors[index].numel() for index in indices])
+        for index, part in zip(indices, parts, strict=True):
+            values[index] = part.view(tensors[index].shape)
+    return values
+
+
 def gather_to_main(value: T) -> list[T] | None:
     """Every rank's `value` (a picklable object), in rank order, on rank 0; None on the others."""
     if not _several():

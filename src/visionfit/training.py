@@ -33,6 +33,7 @@ from visionfit.distributed import (
     wrap_model,
 )
 from visionfit.engine.checkpointing import LAST, RunCheckpoints, has_weights
+from visionfit.engine.ema import WeightAverage
 from visionfit.engine.epochs import TrainingRun, fit, test
 from visionfit.engine.events import open_events
 from visionfit.engine.features import frozen_features
@@ -112,7 +113,8 @@ def train(
         )
     )
     checkpoints = run_checkpoints(config, run_dir, model, data, preprocess)
-    state = checkpoints.restore(model, optimization) if plan.folder else TrainState()
+    ema = WeightAverage(model, config.ema) if config.ema else None  # a copy of the weights to average
+    state = checkpoints.restore(model, optimization, ema) if plan.folder else TrainState()
     model = ready_to_train(config, model, len(data.classes), runtime, state.epoch)  # after restoring weights
     if runtime.is_main:  # only rank 0 writes the run folder
         start_run_folder(config, run_dir, data, runtime.world_size, skipped, resumed=plan.folder is not None)
@@ -121,19 +123,8 @@ def train(
         run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
     )
     features = frozen_features(unwrap_model(model), config, runtime, data, preprocess, data_path, logger.info)
-    run = TrainingRun(
-        config,
-        runtime,
-        data,
-        preprocess,
-        model,
-        batches,
-        test_batches,
-        optimization,
-        checkpoints,
-        events,
-        features,
-    )
+    parts = (data, preprocess, model, batches, test_batches, optimization, checkpoints, events, ema, features)
+    run = TrainingRun(config, runtime, *parts)
     announce(run, plan, state, data_path)
     result = finish(run, state, history, guarded_fit(run, state, history))
     end_processes(started)

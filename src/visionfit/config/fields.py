@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionfit.choices import (
+    AUTO_AUGMENTS,
     BAD_IMAGE_POLICIES,
     CHANNELS_LAST,
     DATA_PATHS,
@@ -81,6 +82,37 @@ class TrainConfig:
         None, "per-channel normalisation std (default: the model's own)", "data", metavar="R,G,B"
     )
     augment: bool = option(True, "training augmentation: random crop and horizontal flip", "data")
+    auto_augment: str = option(
+        "none",
+        "automatic augmentation of each training image after its crop and flip (torchvision): "
+        "trivialwide (TrivialAugmentWide: one random operation at a random strength), randaugment "
+        "(RandAugment: two at strength 9 of 31) or augmix (AugMix: a blend of three short chains); "
+        "runs image by image in the training process",
+        "data",
+        choices=AUTO_AUGMENTS,
+    )
+    random_erasing: float = option(
+        0.0,
+        "probability that a training image gets a random rectangle (2 to 33 percent of its area, aspect "
+        "ratio 0.3-3.3) erased to the mean colour (0: off)",
+        "data",
+        metavar="P",
+    )
+    mixup: float = option(
+        0.0,
+        "MixUp: blend each training image with its neighbour in the batch, and their labels into "
+        "soft targets, in a proportion drawn per batch from Beta(ALPHA, ALPHA), e.g. 0.2 (0: off); "
+        "with --cutmix too, each batch takes one of the two at even odds",
+        "data",
+        metavar="ALPHA",
+    )
+    cutmix: float = option(
+        0.0,
+        "CutMix: paste a rectangle of the neighbouring image into each training image, the labels "
+        "mixed by area, the area drawn per batch from Beta(ALPHA, ALPHA), e.g. 1.0 (0: off)",
+        "data",
+        metavar="ALPHA",
+    )
     shuffle: bool = option(True, "shuffle the training data every epoch", "data")
     drop_last: bool = option(
         True,
@@ -212,6 +244,15 @@ class TrainConfig:
     )
     warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs", "optimisation")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", "optimisation")
+    ema: float = option(
+        0.0,
+        "keep an exponential moving average of the weights and BatchNorm statistics, updated after "
+        "every optimizer step with decay min(DECAY, (1 + n) / (10 + n)) after n updates (a warm-up), "
+        "and test it, keep it as best and save it in every checkpoint instead of the raw weights, "
+        "e.g. 0.999 (0: off)",
+        "optimisation",
+        metavar="DECAY",
+    )
     clip_grad_norm: float | None = option(
         None, "clip the gradient norm to this value (default: no clipping)", "optimisation", metavar="X"
     )

@@ -90,6 +90,14 @@ def _check_rates(config: TrainConfig) -> None:
         raise UserError(
             f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs}"
         )
+    for name in ("mixup", "cutmix"):
+        alpha = getattr(config, name)
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise UserError(f"--{name} must be 0 (off) or a Beta alpha above 0 such as 0.2 or 1, got {alpha}")
+    if not 0 <= config.random_erasing <= 1:
+        raise UserError(f"--random-erasing must be a probability from 0 to 1, got {config.random_erasing}")
+    if not 0 <= config.ema < 1:
+        raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {config.ema}")
     if not 0 < config.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1, got {config.val_fraction}")
     if not (math.isfinite(config.backbone_lr_scale) and config.backbone_lr_scale > 0):

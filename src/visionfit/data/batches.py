@@ -19,6 +19,7 @@ from visionfit.data.augment import CropAndFlip, Normalize
 from visionfit.data.loaders import EpochBatchSampler, default_workers, eval_loader, train_loader
 from visionfit.data.memory import MemoryBatches, MemoryTestBatches
 from visionfit.data.order import sample_seed
+from visionfit.data.policies import AutoAugment, LabelMixing, RandomErasing
 from visionfit.data.samples import Samples
 from visionfit.data.transforms import PictureReader, Preprocess, uses_padded_crops
 from visionfit.distributed import local_world_size
@@ -34,8 +35,10 @@ SourceBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 class TrainBatches:
     """Training batches for the loop: a source's uint8 batches moved to the device, randomly cropped
-    and flipped (`augmentation`), normalised, and during the first `low_res_epochs` epochs scaled
-    down to `low_res_size`. Also the loop's sampler: `set_epoch`, `batches_per_epoch`."""
+    and flipped (`augmentation`), passed through an automatic augmentation `policy`, normalised,
+    during the first `low_res_epochs` epochs scaled down to `low_res_size`, randomly erased
+    (`erasing`), and mixed with their labels into soft targets (`mixing`); each step is optional.
+    Also the loop's sampler: `set_epoch`, `batches_per_epoch`."""
 
     def __init__(
         self,
@@ -47,6 +50,9 @@ class TrainBatches:
         *,
         low_res_size: int | None = None,
         low_res_epochs: int = 0,
+        policy: AutoAugment | None = None,
+        erasing: RandomErasing | None = None,
+        mixing: LabelMixing | None = None,
     ) -> None:
         self.source = source
         self.batches = batches
@@ -55,6 +61,9 @@ class TrainBatches:
         self.device = device
         self.low_res_size = low_res_size
         self.low_res_epochs = low_res_epochs
+        self.policy = policy
+        self.erasing = erasing
+        self.mixing = mixing
         self.epoch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -70,13 +79,22 @@ class TrainBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         size = self.low_res_size if self.epoch <= self.low_res_epochs else None
         non_blocking = self.device.type == "cuda"
-        if self.augmentation is not None:
-            self.augmentation.set_epoch(self.epoch)
+        for step in (self.augmentation, self.policy, self.erasing, self.mixing):
+            if step is not None:
+                step.set_epoch(self.epoch)
         for images, labels, positions in self.batches:
             images = images.to(self.device, non_blocking=non_blocking)
+            targets = labels.to(self.device, non_blocking=non_blocking)
             if self.augmentation is not None:
                 images = self.augmentation(images, positions)
-            yield self.normalize(images, size), labels.to(self.device, non_blocking=non_blocking)
+            if self.policy is not None:
+                images = self.policy(images, positions)
+            inputs = self.normalize(images, size)
+            if self.erasing is not None:
+                inputs = self.erasing(inputs, positions)
+            if self.mixing is not None:
+                inputs, targets = self.mixing(inputs, targets, positions)
+            yield inputs, targets
 
 
 def picture_reader(preprocess: Preprocess, augment: bool) -> PictureReader:
@@ -113,8 +131,23 @@ def create_batches(
         runtime.device,
         low_res_size=low_res_size,
         low_res_epochs=config.low_res_epochs,
+        **optional_augmentations(config, len(data.classes)),
     )
     return train, test
+
+
+def optional_augmentations(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """The steps --auto-augment, --random-erasing, --mixup and --cutmix ask for (None when off)."""
+    steps: dict[str, Any] = {"policy": None, "erasing": None, "mixing": None}
+    if config.auto_augment not in (None, "none"):
+        steps["policy"] = AutoAugment(config.auto_augment, seed=config.seed)
+    if config.random_erasing > 0:
+        steps["erasing"] = RandomErasing(config.random_erasing, seed=config.seed)
+    if config.mixup > 0 or config.cutmix > 0:
+        steps["mixing"] = LabelMixing(
+            mixup=config.mixup, cutmix=config.cutmix, num_classes=num_classes, seed=config.seed
+        )
+    return steps
 
 
 def _order(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 and how a resumed run is put back from its `last` one.
 
 - `last.safetensors`: resumable — the weights plus optimizer, schedule, grad scaler, RNG and loop
-  state — written after every epoch and, mid-epoch, every N steps or M minutes; the checkpoint it
-  replaces stays as `last.prev.safetensors`, the fallback when the newest is found damaged.
+  state (with --ema also the raw training weights) — written after every epoch and, mid-epoch,
+  every N steps or M minutes; the checkpoint it replaces stays as `last.prev.safetensors`, the
+  fallback when the newest is found damaged.
 - `best.safetensors`: the weights of the best tested epoch so far.
 - `epoch_NNN.safetensors`: every epoch's weights, with --keep-every-epoch (the tutorial's habit).
+
+With --ema every checkpoint's weights are the moving average (`engine.ema`), the weights the run
+tests, so `best`, predict, eval and export use them without knowing about it.
 
 Only rank 0 writes; the file format itself is `engine.checkpoint`'s.
 """
@@ -27,6 +31,7 @@ from visionfit.engine.checkpoint import (
     load_checkpoint_or_previous,
     save_checkpoint,
 )
+from visionfit.engine.ema import WeightAverage, training_tensors, training_weights
 from visionfit.engine.optim import Optimization
 from visionfit.engine.state import TrainState, capture_training_state, restore_training_state
 from visionfit.errors import UserError
@@ -77,14 +82,25 @@ class RunCheckpoints:
         self.last_save = time.monotonic()
 
     def save_last(
-        self, model: nn.Module, optimization: Optimization, state: TrainState, record: dict[str, Any] | None
+        self,
+        model: nn.Module,
+        optimization: Optimization,
+        state: TrainState,
+        record: dict[str, Any] | None,
+        ema: WeightAverage | None = None,
     ) -> None:
-        """The resumable checkpoint; the one it replaces stays as last.prev."""
+        """The resumable checkpoint; the one it replaces stays as last.prev. With `ema`, its
+        weights are the average and the raw ones are training state."""
         tensors, skeleton = capture_training_state(
             optimization.optimizer, optimization.scheduler, optimization.scaler, state
         )
+        weights = model.state_dict()
+        if ema is not None:
+            tensors.update(training_tensors(weights))
+            skeleton["ema"] = {"updates": ema.updates}
+            weights = ema.state_dict()
         metadata = {**self.metadata(state, record), "training": skeleton}
-        save_checkpoint(self.last, model.state_dict(), metadata, tensors, keep_previous=True)
+        save_checkpoint(self.last, weights, metadata, tensors, keep_previous=True)
 
     def save_epoch(
         self,
@@ -93,10 +109,12 @@ class RunCheckpoints:
         state: TrainState,
         record: dict[str, Any],
         best: bool,
+        ema: WeightAverage | None = None,
     ) -> None:
         """After an epoch: `last`, `best` when it is, and the epoch's own with --keep-every-epoch."""
-        self.save_last(model, optimization, state, record)
-        weights, metadata = model.state_dict(), self.metadata(state, record)
+        self.save_last(model, optimization, state, record, ema)
+        weights = (ema.module if ema is not None else model).state_dict()
+        metadata = self.metadata(state, record)
         if best:
             save_checkpoint(self.folder / BEST, weights, metadata)
         if self.keep_every_epoch:
@@ -108,9 +126,11 @@ class RunCheckpoints:
             leftover.unlink(missing_ok=True)
         return load_checkpoint_or_previous(self.last) if self.last.is_file() else None
 
-    def restore(self, model: nn.Module, optimization: Optimization) -> TrainState:
-        """Load the last checkpoint into the fresh model and optimizer (rank 0 reads it for all);
-        a run killed before its first checkpoint starts over in its own folder."""
+    def restore(
+        self, model: nn.Module, optimization: Optimization, ema: WeightAverage | None = None
+    ) -> TrainState:
+        """Load the last checkpoint into the fresh model, optimizer and average (rank 0 reads it
+        for all); a run killed before its first checkpoint starts over in its own folder."""
         checkpoint = broadcast_from_main(self.read_last)
         if checkpoint is None:
             return TrainState()
@@ -122,9 +142,14 @@ class RunCheckpoints:
                 f"{saved['test']} test images then, {current['train']} / {current['test']} now, or other "
                 "classes); a resumed run needs the same data: start a new run"
             )
-        model.load_state_dict(checkpoint.model_state)
+        training = checkpoint.metadata["training"]
+        if ema is None:
+            model.load_state_dict(checkpoint.model_state)
+        else:
+            model.load_state_dict(training_weights(checkpoint.extra_tensors))
+            ema.load(checkpoint.model_state, training["ema"]["updates"])
         return restore_training_state(
-            checkpoint.metadata["training"],
+            training,
             checkpoint.extra_tensors,
             optimization.optimizer,
             optimization.scheduler,

@@ -21,6 +21,7 @@ from visionfit.data.registry import DataSplits
 from visionfit.data.transforms import Preprocess
 from visionfit.distributed import barrier, count_across, gather_to_main, sum_across
 from visionfit.engine.checkpointing import RunCheckpoints
+from visionfit.engine.ema import WeightAverage
 from visionfit.engine.events import RunEvents
 from visionfit.engine.features import FrozenFeatures
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
@@ -45,6 +46,7 @@ class TrainingRun:
     optimization: Optimization
     checkpoints: RunCheckpoints
     events: RunEvents
+    ema: WeightAverage | None = None  # --ema: the moving average of the weights
     features: FrozenFeatures | None = None  # the frozen backbone's features, with --freeze backbone
 
     @property
@@ -54,6 +56,11 @@ class TrainingRun:
     @property
     def plain_model(self) -> nn.Module:
         return unwrap_model(self.model)
+
+    @property
+    def tested_model(self) -> nn.Module:
+        """The weights the run tests and saves: the moving average with --ema, else the model."""
+        return self.ema.module if self.ema is not None else self.plain_model
 
     def on_features(self, epoch: int) -> FrozenFeatures | None:
         """The feature cache, when this epoch trains with the backbone frozen and the run has one."""
@@ -112,7 +119,7 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         state.best_accuracy, state.best_epoch = report["accuracy"], epoch
     state.finish_epoch()
     if run.runtime.is_main:
-        run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best)
+        run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best, run.ema)
     barrier()  # the other ranks wait for rank 0's checkpoint
     run.checkpoints.restart_clock()
     log_epoch(config, record, best)
@@ -153,6 +160,8 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
         else:  # sums over all processes: every rank keeps the global numbers
             loss_sum += sum_across(output.loss * output.batch_size)
             state.epoch_samples += count_across(output.batch_size)
+            if run.ema is not None:
+                run.ema.update(run.plain_model)
         report_step(run, state, output, progress)
         running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
         progress.advance(output.batch_size * runtime.world_size, running)
@@ -161,7 +170,7 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
             state.epoch_loss_sum = loss_sum.item()
             state.epoch_seconds = time.perf_counter() - started
             if runtime.is_main:
-                run.checkpoints.save_last(run.plain_model, optimization, state, None)
+                run.checkpoints.save_last(run.plain_model, optimization, state, None, run.ema)
             run.checkpoints.restart_clock()
     progress.close()
     return (loss_sum / max(1, state.epoch_samples)).item(), time.perf_counter() - started
@@ -186,16 +195,17 @@ def report_step(run: TrainingRun, state: TrainState, output: StepOutput, progres
 
 
 def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Evaluation:
-    """The test set's metrics for the weights after `epoch`, with the run's test-time augmentation:
-    each rank classifies its share, the sums are added up over all ranks, and kept predictions are
-    joined on rank 0. While the backbone is frozen, the head classifies the cached test features."""
+    """The test set's metrics for the weights after `epoch` (their average with --ema), with the
+    run's test-time augmentation: each rank classifies its share, the sums are added up over all
+    ranks, and kept predictions are joined on rank 0. While the backbone is frozen, the head
+    classifies the cached test features."""
     config, features = run.config, run.on_features(epoch)
     if features is not None and features.tests_on_features:  # the frozen backbone's test features
-        classifier = Classifier(features.head, lambda batch: batch, run.runtime)
+        classifier = Classifier(features.head_of(run.tested_model), lambda batch: batch, run.runtime)
         batches: Iterable[SourceBatch] = features.test_batches()
     else:
         classifier = Classifier(
-            run.plain_model,
+            run.tested_model,
             run.batches.normalize,
             run.runtime,
             flip=config.test_time_flip,

@@ -84,6 +84,10 @@ class FrozenFeatures:
         self.epoch, self.start_batch = 0, 0
         self.announced = False
 
+    def head_of(self, model: nn.Module) -> nn.Module:
+        """The classification layer of `model` (the run's own, or its moving average)."""
+        return model.get_submodule(self.head_name)
+
     # -- computing the features -------------------------------------------------------------------
 
     def _pictures(self, view: int) -> tuple[Iterable[Any], Any]:
