@@ -214,3 +214,37 @@ def test_a_resumed_run_puts_the_freezing_back_for_its_epoch(tmp_path, monkeypatc
     expected, actual = final_state(reference), final_state(resumed)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_the_transfer_recipe_fine_tunes_from_a_weights_file(capsys, folder_dataset, resnet18_file, tmp_path):
+    """Offline, --weights stands in for the download; the first epoch trains the head on the frozen
+    backbone's features, then everything trains, with the recipe's augmentation and averaging."""
+    command = ["train", "--recipe", "transfer", "--dataset", "folder", "--data-dir", str(folder_dataset)]
+    command += ["--weights", str(resnet18_file), "--input-size", "32", "--epochs", "2", "--workers", "0"]
+    assert main([*command, "--run-dir", str(tmp_path), "--name", "t", "--no-tensorboard"]) == 0
+    out = capsys.readouterr().out
+    assert "computing the frozen backbone's features" in out and "unfreezing the backbone" in out
+    config = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.safetensors").metadata["config"]
+    assert (
+        config["recipe"] == "transfer" and config["ema"] == 0.999 and config["auto_augment"] == "trivialwide"
+    )
+    assert config["freeze"] == "backbone" and config["backbone_lr_scale"] == 0.1
+
+
+def test_the_scratch_recipe_trains_a_zoo_model_from_random_weights(folder_dataset, tmp_path):
+    command = ["train", "--recipe", "scratch", "--dataset", "folder", "--data-dir", str(folder_dataset)]
+    command += ["--model", "shufflenet_v2_x0_5", "--input-size", "32", "--epochs", "2", "--workers", "0"]
+    assert main([*command, "--run-dir", str(tmp_path), "--name", "s", "--no-tensorboard"]) == 0
+    config = load_checkpoint(tmp_path / "s" / "checkpoints" / "last.safetensors").metadata["config"]
+    assert not config["pretrained"] and config["low_res_epochs"] == 10 and config["random_erasing"] == 0.25
+
+
+def test_recipes_are_one_line_each(capsys):
+    from visionfit.recipes import RECIPES
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[: len(RECIPES)]] == list(RECIPES)
+    assert main(["recipes", "transfer"]) == 0
+    assert "  --backbone-lr-scale 0.1" in capsys.readouterr().out
+    assert main(["recipes", "nope"]) == 2

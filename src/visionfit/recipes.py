@@ -73,10 +73,58 @@ RECIPES = _recipes(
             "test_time_flip": True,
         },
     ),
+    Recipe(
+        name="transfer",
+        description="fine-tune a pretrained torchvision model on your photo folder: resnet18 (or "
+        "--model) from its ImageNet weights (offline: --weights FILE), the first epoch on a frozen "
+        "backbone (its features computed once), then all of it with the backbone at 1/10 of the "
+        "head's learning rate; TrivialAugment, label smoothing, weight averaging; 10 epochs",
+        values={
+            "model": "resnet18",
+            "pretrained": True,
+            "freeze": "backbone",
+            "unfreeze_at": 2,
+            "backbone_lr_scale": 0.1,
+            "optimizer": "sgd",
+            "lr": 0.01,  # the head's; the backbone trains at 0.001
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 1e-4,
+            "scheduler": "cosine",
+            "warmup_epochs": 0.0,
+            "label_smoothing": 0.1,
+            "auto_augment": "trivialwide",
+            "ema": 0.999,
+            "batch_size": 64,
+            "epochs": 10,
+        },
+    ),
+    Recipe(
+        name="scratch",
+        description="train a torchvision model from random weights on your photo folder: resnet18 "
+        "(or --model), Nesterov SGD with a warm-up epoch and cosine decay, TrivialAugment, random "
+        "erasing, label smoothing, weight averaging, the first third of the epochs at 3/4 of the "
+        "input size; 30 epochs",
+        values={
+            "model": "resnet18",
+            "pretrained": False,
+            "optimizer": "sgd",
+            "lr": 0.1,  # for batch 64 from scratch, with BatchNorm
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "scheduler": "cosine",
+            "warmup_epochs": 1.0,
+            "label_smoothing": 0.1,
+            "auto_augment": "trivialwide",
+            "random_erasing": 0.25,
+            "ema": 0.999,
+            "batch_size": 64,
+            "epochs": 30,
+            "low_res_epochs": 10,
+        },
+    ),
 )
-
-# Recipe `build_config` applies when the dataset is CIFAR-sized and neither a recipe nor a model is given.
-SMALL_IMAGE_RECIPE = "fast"
 
 
 def recipe_names() -> tuple[str, ...]:
