@@ -87,15 +87,8 @@ def load_for_inference(
             raise UserError(f"{source} is an ONNX file; model= is for checkpoints of instances")
         from visionfit.onnx_model import load_onnx  # onnxruntime is an optional extra
 
-        return load_onnx(
-            source,
-            device=device,
-            precision=precision,
-            flip=flip,
-            shift=shift,
-            classes=classes,
-            input_size=input_size,
-        )
+        options = {"flip": flip, "shift": shift, "classes": classes, "input_size": input_size}
+        return load_onnx(source, device=device, precision=precision, **options)
     if classes is not None or input_size is not None:
         raise UserError(
             f"{source}: --classes and --input-size are for ONNX files; a checkpoint knows its own"

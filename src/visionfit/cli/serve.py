@@ -60,7 +60,12 @@ def add_parser(commands: Any) -> None:
         help="serve a checkpoint of your own model file (path.py:Class), which loading runs; without it "
         "such a checkpoint is refused (serve an ONNX export of it instead: it runs no Python code)",
     )
-    limits = parser.add_argument_group("limits (each bounds memory or work)")
+    _add_limits(parser.add_argument_group("limits (each bounds memory or work)"))
+    _add_access(parser.add_argument_group("access"))
+    parser.set_defaults(handler=run)
+
+
+def _add_limits(limits: Any) -> None:
     limits.add_argument(
         "--max-body-mb", type=positive, default=16, metavar="MB", help="largest request body (default: 16)"
     )
@@ -84,7 +89,9 @@ def add_parser(commands: Any) -> None:
         default=64,
         help="requests served at once; more are answered 503 with Retry-After (default: 64)",
     )
-    access = parser.add_argument_group("access")
+
+
+def _add_access(access: Any) -> None:
     access.add_argument(
         "--api-key",
         metavar="KEY",
@@ -99,7 +106,6 @@ def add_parser(commands: Any) -> None:
         help="let pages from ORIGIN (like https://example.org) call the API; repeatable (default: none)",
     )
     access.add_argument("--access-log", action="store_true", help="log one line per request")
-    parser.set_defaults(handler=run)
 
 
 def _check_extra() -> None:
