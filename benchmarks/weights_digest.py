@@ -36,6 +36,9 @@ RUNS: dict[str, str] = {
     "large folder at 64 px (memory path), frozen then unfrozen": "--dataset folder --data-dir {large} "
     "--model resnet18 --input-size 64 --freeze backbone --unfreeze-at 2 --backbone-lr-scale 0.1 "
     "--epochs 2 --batch-size 8 --workers 0",
+    "large folder at 64 px, frozen then unfrozen, without the feature cache": "--dataset folder "
+    "--data-dir {large} --model resnet18 --input-size 64 --freeze backbone --unfreeze-at 2 "
+    "--backbone-lr-scale 0.1 --epochs 2 --batch-size 8 --workers 0 --no-feature-cache",
     "large folder at 72 px, loader path, random resized crops": "--dataset folder --data-dir {large} "
     "--model resnet18 --input-size 72 --epochs 2 --batch-size 8 --workers 0",
     "large folder at 72 px, loader path, no augmentation": "--dataset folder --data-dir {large} "
