@@ -81,6 +81,29 @@ class LeftRight(torch.nn.Module):
         return torch.stack([images[..., :half].mean((1, 2, 3)), images[..., half:].mean((1, 2, 3))], dim=1)
 
 
+def test_small_batches_run_their_views_in_one_model_call_with_the_same_logits(monkeypatch):
+    from visionfit.engine import loops
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    images = torch.rand(3, 3, 8, 8)
+    model(images)
+    calls = []
+    model.register_forward_pre_hook(lambda _, inputs: calls.append(len(inputs[0])))
+    joined = classify(model, images, flip=True, shift=2)
+    assert calls == [3 * 6]  # the six views of three images, once
+    monkeypatch.setattr(loops, "JOINED_VIEWS_LIMIT", 0)
+    calls.clear()
+    separate = classify(model, images, flip=True, shift=2)
+    assert calls == [3] * 6
+    padded = torch.nn.functional.pad(images, [2] * 4, mode="reflect")
+    moved = [padded[..., :8, :8], padded[..., 4:, 4:]]
+    mirrored = [(model(view) + model(view.flip(-1))) / 2 for view in (images, *moved)]
+    expected = (mirrored[0] + (mirrored[1] + mirrored[2]) / 2) / 2
+    assert torch.allclose(joined, expected, atol=1e-6)
+    assert torch.allclose(separate, expected, atol=1e-6)
+
+
 def test_flip_averages_each_images_logits_with_its_mirror_images():
     torch.manual_seed(0)
     images = torch.rand(6, 3, 4, 4)
