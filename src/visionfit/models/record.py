@@ -31,6 +31,7 @@ from visionfit.models.torchvision_zoo import (
     build_torchvision_model,
     default_weights,
     download_weights,
+    follow_batches_from_scratch,
     read_weights_file,
 )
 
@@ -134,6 +135,8 @@ def create_training_model(
                 read_weights_file(weights) if weights else download_weights(name, default_weights(name))
             )
     model = _build(record, state_dict)
+    if not wants_weights:
+        follow_batches_from_scratch(model)
     return remember_record(model, record)
 
 
