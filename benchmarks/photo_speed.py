@@ -11,8 +11,9 @@ tutorial's way, backbone frozen: with the feature cache (the default) and withou
 (--no-feature-cache), each epoch's time and the accuracy. The speed does not depend on how good the
 backbone is.
 
-`low-res`: MODEL from scratch on the flower photos, the same budget twice: --epochs E at full size,
-and E + L/2 epochs whose first L run at --low-res-size (about half the compute at 160 of 224).
+`low-res`: MODEL from scratch on the flower photos (`--recipe scratch` unless --recipe), the same
+budget twice: --epochs E at full size, and E + L/2 epochs whose first L run at --low-res-size
+(about half the compute at 160 of 224).
 
 Data: ~/.cache/visionfit-dev (../shared/data/unpack.sh). Run on a quiet machine.
 """
@@ -113,13 +114,14 @@ def cache(arguments: argparse.Namespace, scratch: Path) -> None:
 
 def low_res(arguments: argparse.Namespace, scratch: Path) -> None:
     common = ["--dataset", "folder", "--data-dir", str(FLOWERS), "--model", arguments.model, "--workers", "1"]
+    common += ["--recipe", arguments.recipe]
     full = arguments.epochs
     low = arguments.low_res_epochs
-    print(f"\nflower photos from scratch, {arguments.model} at 224 px\n")
+    print(f"\nflower photos from scratch, {arguments.model} at 224 px, --recipe {arguments.recipe}\n")
     print("| run | epochs | best test accuracy | last test accuracy | training s | whole run |")
     print("|---|---|---|---|---|---|")
     for label, flags in (
-        (f"{full} epochs at 224 px", ["--epochs", str(full)]),
+        (f"{full} epochs at 224 px", ["--epochs", str(full), "--low-res-epochs", "0"]),
         (
             f"{full + low // 2} epochs, the first {low} at {arguments.low_res_size} px",
             [
@@ -151,6 +153,7 @@ def main() -> int:
     parser.add_argument("--views", type=int, default=2, help="cache: --feature-views of the last row")
     parser.add_argument("--low-res-epochs", type=int, default=6)
     parser.add_argument("--low-res-size", type=int, default=160)
+    parser.add_argument("--recipe", default="scratch", help="low-res: both runs' recipe (default: scratch)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         os.environ["VISIONFIT_CACHE"] = str(Path(folder) / "cache")  # nothing from earlier runs
