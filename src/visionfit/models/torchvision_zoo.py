@@ -142,10 +142,9 @@ SCRATCH_BATCHNORM_MOMENTUM = 0.1  # PyTorch's default
 
 def follow_batches_from_scratch(model: nn.Module) -> None:
     """Raise each BatchNorm momentum below SCRATCH_BATCHNORM_MOMENTUM to it (training from scratch)."""
-    for module in model.modules():
-        momentum = getattr(module, "momentum", None)
-        is_batchnorm = isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
-        if is_batchnorm and momentum is not None and momentum < SCRATCH_BATCHNORM_MOMENTUM:
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for module in (module for module in model.modules() if isinstance(module, kinds)):
+        if module.momentum is not None and module.momentum < SCRATCH_BATCHNORM_MOMENTUM:
             module.momentum = SCRATCH_BATCHNORM_MOMENTUM
 
 
