@@ -18,6 +18,7 @@ from visionfit.config import TrainConfig, apply_overrides, config_from
 from visionfit.config.validation import check_setup, low_res_side
 from visionfit.console import logger, setup_logging
 from visionfit.data.batches import create_batches, preview
+from visionfit.data.exclusion import exclude_files, summarize_exclusions
 from visionfit.data.memory import choose_data_path
 from visionfit.data.registry import DataSplits, load_data
 from visionfit.data.scan import screen_images
@@ -144,7 +145,13 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
         )
     )
     config = apply_overrides(config, {"dataset": data.dataset}, "resolved dataset")
+    excluded: list[tuple[Path, str]] = []
+    if config.exclude:  # before the decode check: a broken file doctor listed is left out, not an error
+        data, excluded = exclude_files(data, config.exclude)
+        kinds = summarize_exclusions(excluded)
+        logger.info(f"leaving out {len(excluded)} file(s) listed in {config.exclude}: {kinds}")
     data, skipped = screen_images(data, config.bad_images, logger.warning)
+    skipped = excluded + skipped
     if not config.shuffle and data.train.in_class_order:
         logger.warning(
             "warning: --no-shuffle on a folder dataset trains on its classes one after "

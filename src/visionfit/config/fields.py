@@ -172,6 +172,13 @@ class TrainConfig:
         "data",
         choices=BAD_IMAGE_POLICIES,
     )
+    exclude: str | None = option(
+        None,
+        "leave out the files listed in this CSV (the issues.csv of `visionfit doctor`; its 'file' "
+        "column); they are listed in the run folder's skipped_images.txt",
+        "data",
+        metavar="CSV",
+    )
 
     # model
     model: str = option(

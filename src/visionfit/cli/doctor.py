@@ -1,0 +1,102 @@
+"""`visionfit doctor`: find what is wrong with a dataset before it is trained on (the work is in
+`visionfit.doctor`); prints the summary, writes the report folder, exits 1 on --fail-on kinds."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from visionfit.cli.arguments import positive
+from visionfit.data.registry import dataset_names
+
+KINDS_HELP = (
+    "broken, odd_file, odd_size, odd_aspect, dark, light, blurry, low_information, near_constant, "
+    "exact_duplicate, near_duplicate, class_imbalance, label_issue, outlier"
+)
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "doctor",
+        help="find what is wrong with a dataset: broken files, copies and leaks, wrong labels, outliers",
+        description="Check a dataset (the same data options as train) for broken and odd files, image "
+        "properties, exact and near copies (across splits and with conflicting labels first), likely "
+        "label errors (confident learning on out-of-sample probabilities), outliers and class "
+        "imbalance. Writes report.json, issues.csv and suspect grids; never changes a file of the "
+        "dataset. `visionfit train --exclude REPORT/issues.csv` trains without the listed files.",
+    )
+    parser.add_argument("--dataset", choices=dataset_names(), help="as in train")
+    parser.add_argument("--data-dir", metavar="DIR", help="as in train")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="as in train (default: 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="as in train; also the folds' (default: 0)")
+    parser.add_argument(
+        "--out", metavar="DIR", default="doctor-report", help="the report folder (default: doctor-report)"
+    )
+    model = parser.add_argument_group("label issues and outliers")
+    model.add_argument(
+        "--model",
+        metavar="CHECKPOINT|RUN",
+        help="take features from this model's penultimate layer (probabilities: a K-fold logistic "
+        "regression on them); default: train a quick model on K folds of the data itself",
+    )
+    model.add_argument("--folds", type=positive, default=3, help="K of the cross-validation (default: 3)")
+    model.add_argument(
+        "--epochs", type=positive, default=8, help="epochs of each fold's quick model (default: 8)"
+    )
+    model.add_argument("--no-model", action="store_true", help="only the checks that need no model (fast)")
+    model.add_argument("--device", default="auto", help="for the model (default: auto)")
+    parser.add_argument(
+        "--fail-on",
+        metavar="KIND[,KIND]",
+        type=lambda text: tuple(kind.strip() for kind in text.split(",") if kind.strip()),
+        default=(),
+        help=f"exit 1 when issues of these kinds are found: {KINDS_HELP}; any; leak (copies across splits)",
+    )
+    parser.add_argument(
+        "--near-duplicate-bits",
+        type=int,
+        default=6,
+        metavar="N",
+        help="perceptual hashes (64 bits) at most N bits apart are near copies (default: 6)",
+    )
+    parser.add_argument("--grid-size", type=positive, default=16, help="suspects per grid (default: 16)")
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also write the grids as TensorBoard images"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from visionfit.console import setup_logging
+    from visionfit.data.registry import load_data
+    from visionfit.doctor.checks import Settings
+    from visionfit.doctor.run import DoctorOptions, run_doctor
+
+    setup_logging()
+    options = DoctorOptions(
+        output=Path(arguments.out).expanduser(),
+        use_model=not arguments.no_model,
+        model=arguments.model,
+        folds=arguments.folds,
+        epochs=arguments.epochs,
+        device=arguments.device,
+        fail_on=arguments.fail_on,
+        grid_size=arguments.grid_size,
+        tensorboard=arguments.tensorboard,
+        settings=Settings(near_duplicate_bits=arguments.near_duplicate_bits),
+    )
+    from visionfit.doctor.run import check_fail_on
+
+    check_fail_on(options.fail_on)  # before reading any data
+    data = load_data(
+        arguments.dataset, arguments.data_dir, val_fraction=arguments.val_fraction, seed=arguments.seed
+    )
+    report = run_doctor(data, options)
+    print(f"doctor: {len(report.issues)} issues in {report.summary['items']:,} pictures")
+    print("\n".join(report.lines))
+    print(f"report: {report.folder / 'report.json'}, {report.folder / 'issues.csv'} and the grids")
+    if report.failed:
+        print(f"doctor: failing (--fail-on): {', '.join(report.failed)} found")
+        return 1
+    return 0

@@ -1,0 +1,134 @@
+"""Exact copies (same bytes, or the same pixels in memory) and near copies (perceptual hashes a few
+bits apart: robust to re-encoding, resizing and small crops), within and across splits.
+
+Copies across splits (train ↔ test leaks) with conflicting labels come first in the list, then
+other leaks, then conflicting labels within a split, then plain copies. Every group keeps one
+member unlisted (its first item), so `train --exclude issues.csv` leaves one copy of each.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from visionfit.doctor.checks import DUPLICATE, LEAK_FIRST, Check, Evidence, Issue, register_check
+from visionfit.doctor.collection import Collection
+
+HASH_BITS = 64
+NEAR_CONSTANT_SPREAD = 0.02  # pixel standard deviation (0-1) below which a hash is not compared
+_CHUNK = 128  # rows of the pairwise distance matrix held at once (128 x 60k bytes)
+
+
+def copy_priority(collection: Collection, item: int, original: int) -> tuple[int, str]:
+    """Where a copy goes in the list, and what it says about the pair's splits and labels."""
+    cross = collection.splits[item] != collection.splits[original]
+    conflict = collection.labels[item] != collection.labels[original]
+    notes = []
+    if cross:
+        notes.append(f"across splits ({collection.splits[original]} -> {collection.splits[item]})")
+    if conflict:
+        notes.append(
+            f"conflicting labels ({collection.label_name(original)} vs {collection.label_name(item)})"
+        )
+    priority = (
+        LEAK_FIRST
+        if cross and conflict
+        else LEAK_FIRST + 1
+        if cross
+        else LEAK_FIRST + 2
+        if conflict
+        else DUPLICATE
+    )
+    return priority, "; ".join(notes)
+
+
+def exact_groups(evidence: Evidence) -> list[list[int]]:
+    """Items with the same content hash, in groups of two or more (readable items only)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for item, digest in enumerate(evidence.facts.digest):
+        if digest and not evidence.facts.error[item]:
+            groups[digest].append(item)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+@register_check
+class ExactDuplicate(Check):
+    kind = "exact_duplicate"
+    description = "exact copies (same bytes)"
+
+    def find(self, evidence: Evidence) -> list[Issue]:
+        issues = []
+        for members in exact_groups(evidence):
+            original = members[0]
+            for item in members[1:]:
+                priority, detail = copy_priority(evidence.collection, item, original)
+                issues.append(Issue(item, self.kind, 1.0, priority, duplicate_of=original, detail=detail))
+        return issues
+
+    def summarize(self, issues: list[Issue], evidence: Evidence) -> str:
+        return _copy_summary(len(issues), self.description, issues)
+
+
+def close_pairs(hashes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (first < second) of 64-bit hashes at most `bits` apart, and their distances."""
+    firsts, seconds, distances = [], [], []
+    for start in range(0, len(hashes), _CHUNK):
+        block = hashes[start : start + _CHUNK]
+        distance = np.bitwise_count(block[:, None] ^ hashes[None, :])
+        rows, columns = np.nonzero(distance <= bits)
+        rows = rows + start
+        keep = columns > rows
+        firsts.append(rows[keep])
+        seconds.append(columns[keep])
+        distances.append(distance[rows[keep] - start, columns[keep]])
+    if not firsts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances).astype(np.int64)
+
+
+@register_check
+class NearDuplicate(Check):
+    kind = "near_duplicate"
+    description = "near copies (re-encoded, resized or slightly cropped)"
+
+    def find(self, evidence: Evidence) -> list[Issue]:
+        facts, collection = evidence.facts, evidence.collection
+        # One representative per exact group: its exact copies are reported by exact_duplicate.
+        copies = {item for members in exact_groups(evidence) for item in members[1:]}
+        # A near-constant picture's hash is noise around one value: it says nothing about copies.
+        meaningful = (facts.error == "") & (facts.spread >= NEAR_CONSTANT_SPREAD)
+        candidates = np.array(
+            [item for item in np.flatnonzero(meaningful) if item not in copies], dtype=np.int64
+        )
+        bits = evidence.settings.near_duplicate_bits
+        firsts, seconds, distances = close_pairs(facts.phash[candidates], bits)
+        closest: dict[int, tuple[int, int]] = {}  # item -> (distance, partner); the later item of each pair
+        for first, second, distance in zip(candidates[firsts], candidates[seconds], distances, strict=True):
+            if int(second) not in closest or distance < closest[int(second)][0]:
+                closest[int(second)] = (int(distance), int(first))
+        issues = []
+        for item, (distance, original) in closest.items():
+            priority, detail = copy_priority(collection, item, original)
+            detail = f"{detail}; " if detail else ""
+            issues.append(
+                Issue(
+                    item,
+                    self.kind,
+                    1 - distance / HASH_BITS,
+                    priority,
+                    duplicate_of=original,
+                    detail=f"{detail}perceptual hashes {distance} bits apart",
+                )
+            )
+        return issues
+
+    def summarize(self, issues: list[Issue], evidence: Evidence) -> str:
+        return _copy_summary(len(issues), self.description, issues)
+
+
+def _copy_summary(count: int, description: str, issues: list[Issue]) -> str:
+    leaks = sum(issue.priority in (LEAK_FIRST, LEAK_FIRST + 1) for issue in issues)
+    conflicts = sum(issue.priority in (LEAK_FIRST, LEAK_FIRST + 2) for issue in issues)
+    return f"{count} {description}: {leaks} across splits, {conflicts} with conflicting labels"

@@ -1,0 +1,79 @@
+"""Checks that need a model: likely label errors (confident learning on out-of-sample
+probabilities) and outliers (distance to the nearest neighbours in an embedding)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visionfit.doctor.checks import LABEL, PROPERTY, Check, Evidence, Issue, register_check
+from visionfit.doctor.confident import find_label_issues, self_confidence
+
+NEIGHBOURS = 10  # outlier score: mean distance to this many nearest neighbours
+
+
+@register_check
+class LabelIssue(Check):
+    kind = "label_issue"
+    description = "likely wrong labels (confident learning)"
+    needs_model = True
+
+    def find(self, evidence: Evidence) -> list[Issue]:
+        if evidence.probabilities is None:
+            return []
+        labels, probabilities = evidence.collection.labels, evidence.probabilities
+        flagged = find_label_issues(labels, probabilities)
+        quality = self_confidence(labels, probabilities)
+        suggested = probabilities.argmax(axis=1)
+        return [
+            Issue(
+                int(item),
+                self.kind,
+                float(1 - quality[item]),
+                LABEL,
+                suggested=int(suggested[item]),
+                detail=f"p(given) {quality[item]:.2f}, p(suggested) {probabilities[item].max():.2f}",
+            )
+            for item in np.flatnonzero(flagged)
+        ]
+
+    def summarize(self, issues: list[Issue], evidence: Evidence) -> str:
+        warning = (
+            " (WARNING: in-sample probabilities, the model saw these labels)" if evidence.in_sample else ""
+        )
+        return f"{len(issues)} {self.description}; probabilities from {evidence.probability_source}{warning}"
+
+
+def outlier_scores(features: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """Each item's mean cosine distance to its `neighbours` nearest other items."""
+    from sklearn.neighbors import NearestNeighbors
+
+    count = min(neighbours + 1, len(features))
+    search = NearestNeighbors(n_neighbors=count, metric="cosine").fit(features)
+    distances, _ = search.kneighbors(features)
+    return distances[:, 1:].mean(axis=1)
+
+
+@register_check
+class Outlier(Check):
+    kind = "outlier"
+    description = "outliers (far from every other picture in the embedding)"
+    needs_model = True
+
+    def find(self, evidence: Evidence) -> list[Issue]:
+        if evidence.features is None or len(evidence.features) < 3:
+            return []
+        scores = outlier_scores(evidence.features)
+        share = evidence.settings.outlier_share
+        count = max(1, round(share * len(scores)))
+        worst = np.argsort(-scores, kind="stable")[:count]
+        top = max(float(scores[worst[0]]), 1e-12)
+        return [
+            Issue(
+                int(item),
+                self.kind,
+                float(scores[item] / top),
+                PROPERTY,
+                detail=f"kNN distance {scores[item]:.3f}",
+            )
+            for item in worst
+        ]

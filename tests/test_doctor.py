@@ -1,0 +1,134 @@
+"""`visionfit doctor` without a model: planted faults are found, copies across splits with
+conflicting labels come first, --fail-on exits 1, the dataset is never written, and
+`train --exclude` leaves the listed files out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import make_folder_dataset, tree_digest
+from visionfit.cli import main
+
+pytest.importorskip("imagehash")
+pytest.importorskip("sklearn")
+
+
+def smooth_picture(seed: int, side: int = 64) -> Image.Image:
+    """A photo-like picture: low-frequency structure, so re-encoding and resizing keep its look."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((side, side), Image.BICUBIC)
+
+
+def jpeg_bytes(picture: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def dirty_dataset(tmp_path: Path) -> Path:
+    """fruit_split with planted faults (see the test for each)."""
+    root = make_folder_dataset(tmp_path / "dirty", per_class=8, split=True)
+    train, val = root / "train", root / "val"
+    # The same photo filed under two classes, in two splits.
+    photo = smooth_picture(1)
+    photo.save(train / "apple" / "photo.png")
+    photo.save(val / "grape" / "photo_again.png")
+    # A near copy: the JPEG re-encoded at quality 50 and resized to half, across splits.
+    original = smooth_picture(2, side=80)
+    (train / "lime" / "original.jpg").write_bytes(jpeg_bytes(original, 95))
+    smaller = original.resize((40, 40), Image.BILINEAR)
+    (val / "lime" / "resized.jpg").write_bytes(jpeg_bytes(smaller, 50))
+    # Broken and odd files.
+    whole = jpeg_bytes(smooth_picture(3), 90)
+    (train / "apple" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (train / "apple" / "empty.jpg").write_bytes(b"")
+    smooth_picture(4).save(train / "grape" / "really_png.jpg", format="PNG")
+    Image.new("RGB", (40, 40), (3, 3, 4)).save(train / "grape" / "night.png")
+    Image.new("RGB", (200, 20), (90, 120, 30)).save(train / "lime" / "strip.png")
+    return root
+
+
+def run_doctor_cli(capsys, *arguments: str) -> tuple[int, str, str]:
+    code = main(["doctor", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_issues(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "issues.csv", newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_doctor_finds_planted_faults_and_never_writes_the_dataset(capsys, dirty_dataset, tmp_path):
+    before = tree_digest(dirty_dataset)
+    report = tmp_path / "report"
+    code, out, err = run_doctor_cli(
+        capsys, "--data-dir", str(dirty_dataset), "--no-model", "--out", str(report)
+    )
+    assert code == 0, err
+    assert tree_digest(dirty_dataset) == before  # nothing moved, renamed, rewritten or deleted
+    issues = read_issues(report)
+    # First in the list: the photo under two classes in two splits.
+    first = issues[0]
+    assert first["kind"] == "exact_duplicate" and first["file"].endswith("val/grape/photo_again.png")
+    assert first["duplicate_of"].endswith("train/apple/photo.png")
+    assert "across splits" in first["detail"] and "conflicting labels" in first["detail"]
+    kinds = {(Path(row["file"]).name, row["kind"]) for row in issues}
+    assert ("resized.jpg", "near_duplicate") in kinds
+    assert ("truncated.jpg", "broken") in kinds and ("empty.jpg", "broken") in kinds
+    assert ("really_png.jpg", "odd_file") in kinds
+    assert ("night.png", "dark") in kinds and ("night.png", "near_constant") in kinds
+    assert ("strip.png", "odd_aspect") in kinds
+    # The noisy fruit pictures are neither copies nor odd: nothing else is flagged.
+    assert {name for name, _ in kinds} <= {
+        path.name for path in dirty_dataset.rglob("*") if not path.stem.isdigit()
+    }
+    # A one-colour picture's perceptual hash says nothing: such pictures are not near copies.
+    assert ("strip.png", "near_duplicate") not in kinds
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["kinds"]["exact_duplicate"]["count"] == 1
+    assert summary["kinds"]["label_issue"]["ran"] is False
+    assert (report / "exact_duplicate.png").is_file() and (report / "broken.png").is_file()
+    assert "exact_duplicate: 1 exact copies" in out and "photo_again.png" in out
+
+
+def test_fail_on_exits_1_only_for_the_kinds_found(capsys, dirty_dataset, tmp_path):
+    arguments = ["--data-dir", str(dirty_dataset), "--no-model", "--out", str(tmp_path / "r")]
+    assert run_doctor_cli(capsys, *arguments, "--fail-on", "leak")[0] == 1
+    assert run_doctor_cli(capsys, *arguments, "--fail-on", "class_imbalance,light")[0] == 0
+    code, _, err = run_doctor_cli(capsys, *arguments, "--fail-on", "duplicates")
+    assert code == 2 and "unknown issue kind 'duplicates'" in err
+
+
+def test_train_exclude_leaves_out_the_listed_files(capsys, tmp_path):
+    root = make_folder_dataset(tmp_path / "fruit", per_class=6, split=True)
+    listed = [root / "train" / "apple" / "0.png", root / "val" / "lime" / "1.png"]
+    exclude = tmp_path / "issues.csv"
+    with open(exclude, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["file", "split", "kind"])
+        writer.writerows([[str(path), "train", "near_duplicate"] for path in listed])
+        writer.writerow(["", "train", "class_imbalance"])
+    arguments = ["--data-dir", str(root), "--epochs", "1", "--batch-size", "4", "--workers", "0"]
+    code = main(
+        ["train", *arguments, "--exclude", str(exclude), "--run-dir", str(tmp_path / "runs"), "--name", "x"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "leaving out 2 file(s)" in out and "2 near_duplicate" in out
+    run = tmp_path / "runs" / "x"
+    assert yaml.safe_load((run / "config.yaml").read_text())["exclude"] == str(exclude)
+    skipped = (run / "skipped_images.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in skipped) == sorted(str(path) for path in listed)
+    status = json.loads((run / "run.json").read_text())
+    assert "16 train / 8 test" not in status["dataset"]  # (18 + 9 pictures, minus one of each)

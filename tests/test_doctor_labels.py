@@ -1,0 +1,77 @@
+"""Doctor's own confident learning and outlier scores, verified against cleanlab (AGPL-3.0: a
+test-only dependency, never imported by visionfit) on the same probabilities and features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visionfit.doctor.checks import Check, register_check
+from visionfit.doctor.confident import confident_joint, find_label_issues
+
+
+def noisy_probabilities(seed: int, items: int = 2000, classes: int = 6, noise: float = 0.1):
+    """Probabilities of a decent classifier of the true labels, and labels with `noise` flipped."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, classes, items)
+    logits = rng.normal(0, 1, (items, classes))
+    logits[np.arange(items), true] += 2.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = true.copy()
+    flipped = rng.random(items) < noise
+    labels[flipped] = (true[flipped] + rng.integers(1, classes, flipped.sum())) % classes
+    return labels, probabilities, flipped
+
+
+def test_label_issues_find_most_flips_and_few_others():
+    labels, probabilities, flipped = noisy_probabilities(0)
+    found = find_label_issues(labels, probabilities)
+    precision = (found & flipped).sum() / found.sum()
+    recall = (found & flipped).sum() / flipped.sum()
+    assert precision > 0.7 and recall > 0.7, (precision, recall)
+    assert not found[probabilities.argmax(axis=1) == labels].any()  # the prediction agrees: never flagged
+
+
+def test_confident_joint_rows_keep_the_label_counts():
+    labels, probabilities, _ = noisy_probabilities(1, classes=4)
+    joint = confident_joint(labels, probabilities)
+    assert (joint.sum(axis=1) == np.bincount(labels, minlength=4)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_issues_agree_with_cleanlab(seed):
+    cleanlab_filter = pytest.importorskip("cleanlab.filter")
+    labels, probabilities, _ = noisy_probabilities(seed, classes=5 + seed)
+    ours = find_label_issues(labels, probabilities)
+    theirs = cleanlab_filter.find_label_issues(labels, probabilities)
+    agreement = (ours & theirs).sum() / (ours | theirs).sum()
+    assert agreement >= 0.97, (ours.sum(), theirs.sum(), agreement)
+
+
+def test_outlier_scores_rank_like_cleanlab():
+    pytest.importorskip("sklearn")
+    outlier_module = pytest.importorskip("cleanlab.outlier")
+    from visionfit.doctor.label_checks import outlier_scores
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (4, 16))  # four classes' clusters, then eight pictures of none
+    features = centres[rng.integers(0, 4, 400)] + rng.normal(0, 1, (400, 16))
+    features[:8] = rng.normal(0, 3, (8, 16))
+    ours = outlier_scores(features)
+    theirs = outlier_module.OutOfDistribution().fit_score(features=features)  # low: more of an outlier
+    assert set(np.argsort(-ours)[:8]) == set(range(8))
+    assert set(np.argsort(theirs)[:8]) == set(range(8))
+    correlation = np.corrcoef(np.argsort(np.argsort(-ours)), np.argsort(np.argsort(theirs)))[0, 1]
+    assert correlation > 0.8
+
+
+def test_a_kind_registered_twice_is_an_error():
+    class Broken(Check):
+        kind = "broken"
+        description = "again"
+
+    from visionfit.doctor.checks import check_names
+
+    assert "broken" in check_names()
+    with pytest.raises(ValueError, match="registered twice"):
+        register_check(Broken)
