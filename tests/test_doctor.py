@@ -132,3 +132,29 @@ def test_train_exclude_leaves_out_the_listed_files(capsys, tmp_path):
     assert sorted(line.split("\t")[0] for line in skipped) == sorted(str(path) for path in listed)
     status = json.loads((run / "run.json").read_text())
     assert "16 train / 8 test" not in status["dataset"]  # (18 + 9 pictures, minus one of each)
+
+
+def test_doctor_with_quick_models_then_with_a_checkpoint(capsys, tmp_path):
+    root = make_folder_dataset(tmp_path / "fruit", per_class=6, split=True)
+    # A lime filed as an apple: a planted label error the quick models may or may not catch here;
+    # what this test holds is the path: out-of-sample probabilities, features, both checks run.
+    (root / "train" / "lime" / "0.png").rename(root / "train" / "apple" / "lime_as_apple.png")
+    before = tree_digest(root)
+    report = tmp_path / "report"
+    arguments = ["--data-dir", str(root), "--folds", "2", "--epochs", "1", "--out", str(report)]
+    code, out, err = run_doctor_cli(capsys, *arguments)
+    assert code == 0, err
+    assert tree_digest(root) == before
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["kinds"]["label_issue"]["ran"] and summary["kinds"]["outlier"]["ran"]
+    assert "out-of-sample" in summary["probabilities"] and summary["in_sample"] is False
+    assert summary["kinds"]["outlier"]["count"] >= 1
+    assert not (report / "folds" / "data0").exists()  # the fold folders of links are removed
+    checkpoint = report / "folds" / "runs" / "fold0"
+    code, out, err = run_doctor_cli(
+        capsys, "--data-dir", str(root), "--model", str(checkpoint), "--out", str(tmp_path / "r2")
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert "logistic regression on the penultimate features" in summary["probabilities"]
+    assert "label_issue:" in out and tree_digest(root) == before

@@ -71,7 +71,8 @@ def run(arguments: argparse.Namespace) -> int:
     from visionfit.console import setup_logging
     from visionfit.data.registry import load_data
     from visionfit.doctor.checks import Settings
-    from visionfit.doctor.run import DoctorOptions, run_doctor
+    from visionfit.doctor.options import DoctorOptions
+    from visionfit.doctor.run import check_fail_on, run_doctor
 
     setup_logging()
     options = DoctorOptions(
@@ -81,13 +82,12 @@ def run(arguments: argparse.Namespace) -> int:
         folds=arguments.folds,
         epochs=arguments.epochs,
         device=arguments.device,
+        seed=arguments.seed,
         fail_on=arguments.fail_on,
         grid_size=arguments.grid_size,
         tensorboard=arguments.tensorboard,
         settings=Settings(near_duplicate_bits=arguments.near_duplicate_bits),
     )
-    from visionfit.doctor.run import check_fail_on
-
     check_fail_on(options.fail_on)  # before reading any data
     data = load_data(
         arguments.dataset, arguments.data_dir, val_fraction=arguments.val_fraction, seed=arguments.seed

@@ -7,7 +7,7 @@ one-line summary. The evidence they read is gathered once: `collection` (the dat
 of items, whatever its source), `facts` (one streamed pass over every picture: file checks, image
 properties, hashes), `evidence` (out-of-sample probabilities and features, only for the checks that
 need a model). `report` writes report.json, issues.csv and the suspect grids; `run_doctor` is the
-whole story. Doctor reads the dataset and never writes to it.
+whole story (`options.DoctorOptions` its options). Doctor reads the dataset and never writes to it.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ class Evidence:
     probability_source: str = ""  # where they came from, said in the report
     in_sample: bool = False  # True when the model saw these labels in training (memorised)
     features: np.ndarray | None = None  # (items, dimensions) embeddings, or None
+    # Which model each item's features come from (one per fold); compared only within a group.
+    feature_groups: np.ndarray | None = None
 
 
 @dataclass
@@ -106,7 +108,7 @@ def register_check(check: type[Check]) -> type[Check]:
     return check
 
 
-def _checks() -> dict[str, type[Check]]:
+def registered_checks() -> dict[str, type[Check]]:
     for module in BUILTIN_CHECKS:
         importlib.import_module(module)
     return _CHECKS
@@ -114,11 +116,11 @@ def _checks() -> dict[str, type[Check]]:
 
 def check_names() -> tuple[str, ...]:
     """Every kind of issue doctor can report, in the order it checks them."""
-    return tuple(_checks())
+    return tuple(registered_checks())
 
 
 def get_check(kind: str) -> type[Check]:
-    checks = _checks()
+    checks = registered_checks()
     if kind not in checks:
         raise UserError(
             f"unknown issue kind {kind!r}; choose from {', '.join(checks)}{did_you_mean(kind, checks)}"

@@ -1,18 +1,207 @@
 """Out-of-sample probabilities and features for the checks that need a model (label issues,
-outliers)."""
+outliers), from one of two places:
+
+- `--model CHECKPOINT|RUN`: its penultimate layer's features of every picture; probabilities from a
+  K-fold logistic regression on them (scikit-learn), so each picture's come from a classifier that
+  did not see its label. The features themselves come from a model that may have been trained on
+  these labels (and memorised some): the report says so.
+- otherwise a quick model trained on the data itself, K times: the pictures split into K
+  stratified folds, a `fast`-recipe model trained on K-1 of them (visionfit's own `train`, on a
+  folder of links to the files) gives the probabilities and features of the held-out fold. No
+  pretrained weights are used (there are none on this machine): on photos, a model trained from
+  scratch on a few hundred pictures is a weak judge, and the report says that too.
+
+Doctor writes only under its report folder: the fold folders hold links, not copies.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionfit.errors import UserError
+import numpy as np
+import torch
+
+from visionfit.doctor.collection import Collection
 
 if TYPE_CHECKING:
     from visionfit.data.registry import DataSplits
     from visionfit.doctor.checks import Evidence
-    from visionfit.doctor.run import DoctorOptions
+    from visionfit.doctor.options import DoctorOptions
+    from visionfit.inference_model import InferenceModel
+
+logger = logging.getLogger(__name__)
+BATCH = 256
+QUICK_SIDE = 64  # the quick model's input side for pictures larger than this
 
 
 def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOptions) -> None:
-    """Fill `evidence.probabilities` and `evidence.features` (not built yet)."""
-    raise UserError("label issues and outliers are not available yet; run doctor with --no-model")
+    """Fill `evidence.probabilities`, `features`, `probability_source` and `in_sample`."""
+    usable = np.flatnonzero(evidence.facts.error == "")
+    if options.model:
+        probabilities, features = model_evidence(evidence.collection, usable, options)
+        evidence.feature_groups = np.where(evidence.facts.error == "", 0, -1)
+        evidence.probability_source = (
+            f"a {options.folds}-fold logistic regression on the penultimate features of {options.model} "
+            "(if that model was trained on these labels, its features have partly memorised them)"
+        )
+    else:
+        probabilities, features, groups = quick_model_evidence(evidence.collection, usable, options)
+        evidence.feature_groups = groups
+        evidence.probability_source = (
+            f"{options.folds} quick models (fast recipe, {options.epochs} epochs, no pretrained weights), "
+            "each trained on the other folds: out-of-sample"
+        )
+    evidence.probabilities = probabilities
+    evidence.features = features
+
+
+def pictures_of(collection: Collection, items: np.ndarray, side_of: InferenceModel) -> torch.Tensor:
+    from visionfit.prediction import picture_pixels
+
+    return torch.stack([picture_pixels(collection.picture(int(item)), side_of.preprocess) for item in items])
+
+
+@torch.inference_mode()
+def features_and_probabilities(
+    model: InferenceModel, collection: Collection, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The penultimate features and the probabilities of `items`, in batches."""
+    from visionfit.engine.features import HeadInput
+
+    features, probabilities = [], []
+    with HeadInput(model.model, len(model.classes)) as head_input:
+        for start in range(0, len(items), BATCH):
+            images = pictures_of(collection, items[start : start + BATCH], model)
+            probabilities.append(model.probabilities(images).float().numpy())
+            assert head_input.captured is not None
+            features.append(head_input.captured.float().flatten(1).cpu().numpy())
+    return np.concatenate(features), np.concatenate(probabilities)
+
+
+def _full(count: int, columns: int, items: np.ndarray, values: np.ndarray, fill: float) -> np.ndarray:
+    table = np.full((count, columns), fill, dtype=np.float64)
+    table[items] = values
+    return table
+
+
+def model_evidence(
+    collection: Collection, usable: np.ndarray, options: DoctorOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features from `options.model`, probabilities from a K-fold logistic regression on them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from visionfit.inference import load_for_inference
+
+    # Any model's features will do (one trained on other data has memorised none of these labels).
+    model = load_for_inference(options.model, device=options.device, flip=False, shift=0)
+    features, _ = features_and_probabilities(model, collection, usable)
+    labels = collection.labels[usable]
+    folds = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=0)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+    probabilities = cross_val_predict(classifier, features, labels, cv=folds, method="predict_proba")
+    count, classes = len(collection), len(collection.classes)
+    uniform = 1.0 / classes
+    return _full(count, classes, usable, probabilities, uniform), _full(
+        count, features.shape[1], usable, features, 0
+    )
+
+
+def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A stratified fold number for every item."""
+    from sklearn.model_selection import StratifiedKFold
+
+    assignment = np.zeros(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        assignment[held_out] = fold
+    return assignment
+
+
+def class_folder_names(classes: list[str]) -> list[str]:
+    """The class names as folder names when they can be (so a fold's checkpoint knows them), else
+    numbers; either way in the classes' order (folder datasets sort their classes)."""
+    usable = all(name and "/" not in name and not name.startswith(".") for name in classes)
+    return (
+        list(classes)
+        if usable and sorted(classes) == list(classes)
+        else [f"{index:04d}" for index in range(len(classes))]
+    )
+
+
+def write_fold_folder(collection: Collection, items: np.ndarray, held_out: np.ndarray, folder: Path) -> None:
+    """folder/train|val/<class>/ with a link to each file (a PNG for a picture in memory)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    names = class_folder_names(collection.classes)
+    for split, members in (("train", items[~held_out]), ("val", items[held_out])):
+        for name in names:
+            (folder / split / name).mkdir(parents=True, exist_ok=True)
+        for item in members:
+            name = names[int(collection.labels[item])]
+            path = collection.paths[item]
+            target = folder / split / name / f"{item:07d}{path.suffix if path else '.png'}"
+            if path is not None:
+                os.symlink(path, target)
+            else:
+                collection.picture(int(item)).save(target)
+
+
+def quick_model_evidence(
+    collection: Collection, usable: np.ndarray, options: DoctorOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-sample probabilities and features from K quick models, each trained on K-1 folds,
+    and the fold (the model) of each item's features."""
+    from visionfit.inference import load_for_inference
+    from visionfit.training import train
+
+    count, classes = len(collection), len(collection.classes)
+    probabilities = np.full((count, classes), 1.0 / classes)
+    features: np.ndarray | None = None
+    folds = fold_of(collection.labels[usable], options.folds, options.seed)
+    groups = np.full(count, -1, dtype=np.int64)
+    groups[usable] = folds
+    side = quick_side(collection)
+    work = options.output / "folds"
+    for fold in range(options.folds):
+        held_out = folds == fold
+        logger.info(
+            f"doctor: quick model {fold + 1}/{options.folds} ({(~held_out).sum():,} pictures to learn from)"
+        )
+        write_fold_folder(collection, usable, held_out, work / f"data{fold}")
+        result = train(
+            recipe="fast",
+            dataset="folder",
+            data_dir=str(work / f"data{fold}"),
+            input_size=side,
+            epochs=options.epochs,
+            seed=options.seed + fold,
+            device=options.device,
+            run_dir=str(work / "runs"),
+            name=f"fold{fold}",
+            test_every=options.epochs,
+            tensorboard=False,
+            bad_images="skip",
+        )
+        accuracy = result.history[-1]["test"]["accuracy"]
+        logger.info(f"doctor: quick model {fold + 1} classifies its held-out fold at {accuracy:.1%}")
+        shutil.rmtree(work / f"data{fold}", ignore_errors=True)  # links only; the run stays
+        model = load_for_inference(result.last_checkpoint, device=options.device, flip=False, shift=0)
+        items = usable[held_out]
+        fold_features, fold_probabilities = features_and_probabilities(model, collection, items)
+        probabilities[items] = fold_probabilities
+        if features is None:
+            features = np.zeros((count, fold_features.shape[1]))
+        features[items] = fold_features  # comparable only within the fold (`groups`)
+    return probabilities, features if features is not None else np.zeros((count, 1)), groups
+
+
+def quick_side(collection: Collection) -> int:
+    sample = collection.picture(0)
+    return min(QUICK_SIDE, max(sample.width, sample.height)) if sample.width == sample.height else QUICK_SIDE

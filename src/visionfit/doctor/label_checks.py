@@ -21,7 +21,9 @@ class LabelIssue(Check):
         if evidence.probabilities is None:
             return []
         labels, probabilities = evidence.collection.labels, evidence.probabilities
-        flagged = find_label_issues(labels, probabilities)
+        usable = np.flatnonzero(evidence.facts.error == "")  # a broken file has no prediction
+        flagged = np.zeros(len(labels), dtype=bool)
+        flagged[usable] = find_label_issues(labels[usable], probabilities[usable])
         quality = self_confidence(labels, probabilities)
         suggested = probabilities.argmax(axis=1)
         return [
@@ -62,7 +64,13 @@ class Outlier(Check):
     def find(self, evidence: Evidence) -> list[Issue]:
         if evidence.features is None or len(evidence.features) < 3:
             return []
-        scores = outlier_scores(evidence.features)
+        groups = evidence.feature_groups
+        if groups is None:
+            groups = np.zeros(len(evidence.features), dtype=np.int64)
+        scores = np.zeros(len(groups))
+        for group in np.unique(groups[groups >= 0]):  # features of one model are compared together
+            members = np.flatnonzero(groups == group)
+            scores[members] = outlier_scores(evidence.features[members])
         share = evidence.settings.outlier_share
         count = max(1, round(share * len(scores)))
         worst = np.argsort(-scores, kind="stable")[:count]

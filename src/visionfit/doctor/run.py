@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visionfit.doctor.checks import CheckResult, Evidence, Issue, Settings, _checks, get_check, require_extra
+from visionfit.doctor.checks import CheckResult, Evidence, Issue, get_check, registered_checks, require_extra
 from visionfit.doctor.collection import collect
 from visionfit.doctor.facts import gather_facts
+from visionfit.doctor.options import DoctorOptions
 from visionfit.doctor.report import ordered, summary_lines, write_report
 from visionfit.errors import UserError
 
@@ -21,23 +22,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # `--fail-on` names kinds, `any`, or `leak`: copies across splits (exact or near).
 FAIL_GROUPS = ("any", "leak")
-
-
-@dataclass
-class DoctorOptions:
-    """How doctor runs (the CLI's flags)."""
-
-    output: Path = Path("doctor-report")
-    use_model: bool = True  # False: only the checks that need no model
-    model: str | None = None  # a checkpoint or run folder whose penultimate layer gives features
-    folds: int = 3  # K of the cross-validation that makes probabilities out-of-sample
-    epochs: int = 8  # of each fold's quick model, when no --model is given
-    device: str = "auto"
-    workers: int | None = None
-    fail_on: tuple[str, ...] = ()
-    grid_size: int = 16
-    tensorboard: bool = False
-    settings: Settings = field(default_factory=Settings)
 
 
 @dataclass
@@ -72,7 +56,7 @@ def run_doctor(data: DataSplits, options: DoctorOptions) -> DoctorReport:
         from visionfit.doctor.evidence import add_model_evidence  # torch, scikit-learn
 
         add_model_evidence(evidence, data, options)
-    results = [run_check(kind, evidence) for kind in _checks()]
+    results = [run_check(kind, evidence) for kind in registered_checks()]
     about = {
         "dataset": data.description,
         "classes": collection.classes,
@@ -90,7 +74,7 @@ def run_doctor(data: DataSplits, options: DoctorOptions) -> DoctorReport:
 
 
 def run_check(kind: str, evidence: Evidence) -> CheckResult:
-    check = _checks()[kind]()
+    check = registered_checks()[kind]()
     if check.needs_model and evidence.probabilities is None and evidence.features is None:
         return CheckResult(kind, [], "needs a model (left out by --no-model)", ran=False)
     return check.run(evidence)

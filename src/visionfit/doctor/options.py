@@ -1,0 +1,26 @@
+"""How doctor runs: the options the CLI's flags fill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visionfit.doctor.checks import Settings
+
+
+@dataclass
+class DoctorOptions:
+    """How doctor runs (the CLI's flags)."""
+
+    output: Path = Path("doctor-report")
+    use_model: bool = True  # False: only the checks that need no model
+    model: str | None = None  # a checkpoint or run folder whose penultimate layer gives features
+    folds: int = 3  # K of the cross-validation that makes probabilities out-of-sample
+    epochs: int = 8  # of each fold's quick model, when no --model is given
+    device: str = "auto"
+    seed: int = 0  # of the folds and the quick models
+    workers: int | None = None
+    fail_on: tuple[str, ...] = ()
+    grid_size: int = 16
+    tensorboard: bool = False
+    settings: Settings = field(default_factory=Settings)
