@@ -34,7 +34,7 @@ def flipped_copy(source: Path, target: Path, share: float, seed: int) -> set[str
                 chosen = cls
                 if split == "train" and rng.random() < share:
                     chosen = classes[(label + rng.integers(1, len(classes))) % len(classes)]
-                link = target / name / chosen / file.name
+                link = target / name / chosen / f"{cls}_{file.name}"  # names repeat across classes
                 link.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(file, link)
                 if chosen != cls:

@@ -158,3 +158,6 @@ def test_doctor_with_quick_models_then_with_a_checkpoint(capsys, tmp_path):
     summary = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert "logistic regression on the penultimate features" in summary["probabilities"]
     assert "label_issue:" in out and tree_digest(root) == before
+    # The same pictures, labels and options again: the quick models' evidence comes from the cache.
+    code, out, err = run_doctor_cli(capsys, *arguments[:-1], str(tmp_path / "r3"))
+    assert code == 0 and "from the cache" in out and not (tmp_path / "r3" / "folds").exists()

@@ -16,6 +16,8 @@ Doctor writes only under its report folder: the fold folders hold links, not cop
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from visionfit.doctor.collection import Collection
+from visionfit.paths import cache_dir
 
 if TYPE_CHECKING:
     from visionfit.data.registry import DataSplits
@@ -35,28 +38,63 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 BATCH = 256
+CACHE_FORMAT = 1  # bump when the cached evidence changes meaning
 QUICK_SIDE = 64  # the quick model's input side for pictures larger than this
 
 
 def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOptions) -> None:
-    """Fill `evidence.probabilities`, `features`, `probability_source` and `in_sample`."""
+    """Fill `evidence.probabilities`, `features`, `feature_groups` and `probability_source`, from
+    the cache when the same pictures, labels, model and options were seen before."""
     usable = np.flatnonzero(evidence.facts.error == "")
     if options.model:
-        probabilities, features = model_evidence(evidence.collection, usable, options)
-        evidence.feature_groups = np.where(evidence.facts.error == "", 0, -1)
         evidence.probability_source = (
             f"a {options.folds}-fold logistic regression on the penultimate features of {options.model} "
             "(if that model was trained on these labels, its features have partly memorised them)"
         )
     else:
-        probabilities, features, groups = quick_model_evidence(evidence.collection, usable, options)
-        evidence.feature_groups = groups
         evidence.probability_source = (
             f"{options.folds} quick models (fast recipe, {options.epochs} epochs, no pretrained weights), "
             "each trained on the other folds: out-of-sample"
         )
-    evidence.probabilities = probabilities
-    evidence.features = features
+    path = cache_dir() / "doctor" / f"{evidence_key(evidence, options)}.npz"
+    if path.is_file():
+        logger.info(f"doctor: the model's probabilities and features from the cache ({path})")
+        with np.load(path) as stored:
+            probabilities, features, groups = stored["probabilities"], stored["features"], stored["groups"]
+    elif options.model:
+        probabilities, features = model_evidence(evidence.collection, usable, options)
+        groups = np.where(evidence.facts.error == "", 0, -1)
+    else:
+        probabilities, features, groups = quick_model_evidence(evidence.collection, usable, options)
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+            np.savez(temporary, probabilities=probabilities, features=features, groups=groups)
+            os.replace(temporary, path)
+        except OSError as error:  # a read-only cache costs only the next run's training
+            logger.warning(
+                f"warning: cannot cache doctor's model evidence in {path.parent} ({error.strerror})"
+            )
+    evidence.probabilities, evidence.features, evidence.feature_groups = probabilities, features, groups
+
+
+def evidence_key(evidence: Evidence, options: DoctorOptions) -> str:
+    """Everything the probabilities and features depend on: the pictures' content hashes and
+    labels, the model file(s) (path, size, modification time) or the quick models' settings."""
+    digest = hashlib.sha256()
+    model = None
+    if options.model:
+        source = Path(options.model).expanduser()
+        files = sorted(source.rglob("*.safetensors")) if source.is_dir() else [source]
+        model = [[str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns] for file in files]
+    settings = {"format": CACHE_FORMAT, "model": model, "folds": options.folds, "seed": options.seed}
+    if not options.model:
+        settings.update(epochs=options.epochs, side=QUICK_SIDE)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update("\n".join(evidence.facts.digest).encode())
+    digest.update(evidence.collection.labels.astype(np.int64).tobytes())
+    return digest.hexdigest()[:32]
 
 
 def pictures_of(collection: Collection, items: np.ndarray, side_of: InferenceModel) -> torch.Tensor:

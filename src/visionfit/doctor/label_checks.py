@@ -8,6 +8,7 @@ import numpy as np
 from visionfit.doctor.checks import LABEL, PROPERTY, Check, Evidence, Issue, register_check
 from visionfit.doctor.confident import find_label_issues, self_confidence
 
+WEAK_JUDGE = 0.8  # below this agreement with the given labels, the summary warns
 NEIGHBOURS = 10  # outlier score: mean distance to this many nearest neighbours
 
 
@@ -42,7 +43,15 @@ class LabelIssue(Check):
         warning = (
             " (WARNING: in-sample probabilities, the model saw these labels)" if evidence.in_sample else ""
         )
-        return f"{len(issues)} {self.description}; probabilities from {evidence.probability_source}{warning}"
+        assert evidence.probabilities is not None
+        usable = evidence.facts.error == ""
+        predicted = evidence.probabilities[usable].argmax(axis=1)
+        accuracy = float((predicted == evidence.collection.labels[usable]).mean()) if usable.any() else 0.0
+        judge = f"; they agree with {accuracy:.1%} of the given labels"
+        if accuracy < WEAK_JUDGE:
+            judge += " (a weak judge: many flagged labels will be its own mistakes; look at the grid)"
+        source = evidence.probability_source
+        return f"{len(issues)} {self.description}; probabilities from {source}{warning}{judge}"
 
 
 def outlier_scores(features: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:

@@ -34,6 +34,7 @@ class DoctorReport:
     summary: dict[str, Any]
     lines: list[str]
     failed: list[str]  # the --fail-on kinds found
+    evidence: Evidence  # what the checks read (the facts of every picture, probabilities, features)
 
 
 def check_fail_on(kinds: tuple[str, ...]) -> None:
@@ -70,7 +71,7 @@ def run_doctor(data: DataSplits, options: DoctorOptions) -> DoctorReport:
         write_tensorboard(options.output, summary)
     lines = summary_lines(results, evidence)
     failed = failed_kinds(results, options.fail_on)
-    return DoctorReport(options.output, results, ordered(results), summary, lines, failed)
+    return DoctorReport(options.output, results, ordered(results), summary, lines, failed, evidence)
 
 
 def run_check(kind: str, evidence: Evidence) -> CheckResult:
