@@ -65,6 +65,28 @@ def linked_copy(source: Path, target: Path, count: int, seed: int) -> dict[str, 
     return plants
 
 
+def sweep(evidence, plants: dict, index: dict, distances: dict) -> dict:
+    """At other --near-duplicate-bits: planted copies within reach, and cross-split pairs that are
+    not planted (upper bounds: doctor lists each picture once, with its closest partner)."""
+    from visionfit.doctor.duplicates import close_pairs
+
+    facts, splits = evidence.facts, np.asarray(evidence.collection.splits)
+    usable = np.flatnonzero((facts.error == "") & (facts.spread >= 0.02))
+    planted_pairs = {(index[copy], index[original]) for copy, (_, original) in plants.items()}
+    planted_pairs |= {(b, a) for a, b in planted_pairs}
+    firsts, seconds, _ = close_pairs(facts.phash[usable], 16)
+    firsts, seconds = usable[firsts], usable[seconds]
+    table = {}
+    for bits in (4, 6, 8, 10, 12):
+        near = np.bitwise_count(facts.phash[firsts] ^ facts.phash[seconds]) <= bits
+        cross = near & (splits[firsts] != splits[seconds])
+        pairs = zip(firsts[cross], seconds[cross], strict=True)
+        other = sum((int(a), int(b)) not in planted_pairs for a, b in pairs)
+        within = sum(sum(d <= bits for d in values) for values in distances.values())
+        table[bits] = {"planted_within": within, "other_cross_split_pairs": other}
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -110,6 +132,7 @@ def main() -> None:
             "unplanted_cross_split": len(unplanted),
             "unplanted_exact": sum(issue.kind == "exact_duplicate" for issue in unplanted),
             "seconds": round(seconds, 1),
+            "sweep": sweep(report.evidence, plants, index, distances),
         }
         print(json.dumps(result))
 

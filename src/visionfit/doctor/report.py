@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,16 @@ def write_report(
 
 
 def summary_lines(results: list[CheckResult], evidence: Evidence, worst: int = 3) -> list[str]:
-    """The terminal's summary: one line per kind, then its worst few files."""
-    lines = []
+    """The terminal's summary: one line per kind, then its worst few files (relative to the folder
+    that holds them all; report.json and issues.csv keep the full paths)."""
+    files = [str(path) for path in evidence.collection.paths if path is not None]
+    root = os.path.commonpath(files) if files else ""
+    root = root if root and os.path.isdir(root) else os.path.dirname(root)
+    lines = [f"  (files under {root}/)"] if root else []
+
+    def short(name: str) -> str:
+        return os.path.relpath(name, root) if root and name.startswith(root) else name
+
     for result in results:
         if not result.ran:
             lines.append(f"  {result.kind}: not checked ({result.summary})")
@@ -81,9 +90,9 @@ def summary_lines(results: list[CheckResult], evidence: Evidence, worst: int = 3
         lines.append(f"  {result.kind}: {result.summary}")
         for issue in ordered([result])[:worst] if result.issues else []:
             row = issue_row(issue, evidence)
-            where = row["file"] or f"class {row['given_label']}"
+            where = short(row["file"]) if row["file"] else f"class {row['given_label']}"
             extra = f" -> {row['suggested_label']}" if row["suggested_label"] else ""
-            copy = f" (copy of {row['duplicate_of']})" if row["duplicate_of"] else ""
+            copy = f" (copy of {short(row['duplicate_of'])})" if row["duplicate_of"] else ""
             lines.append(
                 f"      {row['score']:.2f} {where} [{row['given_label']}{extra}]{copy} {row['detail']}"
             )
