@@ -161,3 +161,28 @@ def test_doctor_with_quick_models_then_with_a_checkpoint(capsys, tmp_path):
     # The same pictures, labels and options again: the quick models' evidence comes from the cache.
     code, out, err = run_doctor_cli(capsys, *arguments[:-1], str(tmp_path / "r3"))
     assert code == 0 and "from the cache" in out and not (tmp_path / "r3" / "folds").exists()
+
+
+def test_pictures_in_memory_are_checked_by_their_pixels(capsys, cifar_batches, tmp_path):
+    import pickle
+
+    # The first training picture again in the test batch, under another label: a leak in memory.
+    with open(cifar_batches / "data_batch_1", "rb") as stream:
+        first = pickle.load(stream)
+    with open(cifar_batches / "test_batch", "rb") as stream:
+        test = pickle.load(stream)
+    test["data"][5] = first["data"][0]
+    test["labels"][5] = (first["labels"][0] + 1) % 10
+    with open(cifar_batches / "test_batch", "wb") as stream:
+        pickle.dump(test, stream, protocol=2)
+    report = tmp_path / "report"
+    arguments = ["--dataset", "cifar10", "--data-dir", str(cifar_batches), "--no-model", "--out", str(report)]
+    code, _, err = run_doctor_cli(capsys, *arguments)
+    assert code == 0, err
+    first_row = read_issues(report)[0]
+    assert (first_row["file"], first_row["duplicate_of"], first_row["kind"]) == (
+        "test#5",
+        "train#0",
+        "exact_duplicate",
+    )
+    assert "conflicting labels" in first_row["detail"]

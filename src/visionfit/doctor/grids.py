@@ -20,8 +20,10 @@ def _tile(collection: Collection, item: int) -> Image.Image:
         picture = collection.picture(item)
     except Exception:  # a broken file: a grey tile says so
         return Image.new("RGB", (TILE, TILE), (128, 128, 128))
-    picture = picture.copy()
-    picture.thumbnail((TILE, TILE))
+    # Small pictures (CIFAR's 32 pixels) are enlarged with visible pixels, large ones shrunk.
+    scale = TILE / max(picture.width, picture.height)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    picture = picture.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
     tile = Image.new("RGB", (TILE, TILE), (255, 255, 255))
     tile.paste(picture, ((TILE - picture.width) // 2, (TILE - picture.height) // 2))
     return tile
