@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 
-def flipped_copy(source: Path, target: Path, share: float, seed: int) -> set[str]:
+def flipped_copy(
+    source: Path, target: Path, share: float, seed: int, per_class: int | None = None
+) -> set[str]:
     """target/train|test/<class>/ as links to source's files, `share` of train under another class;
     returns the flipped links' paths."""
     rng = np.random.default_rng(seed)
@@ -30,7 +32,9 @@ def flipped_copy(source: Path, target: Path, share: float, seed: int) -> set[str
     flipped = set()
     for split, name in (("train", "train"), (held_out, "test")):
         for label, cls in enumerate(classes):
-            for file in sorted((source / split / cls).iterdir()):
+            files = sorted((source / split / cls).iterdir())
+            limit = per_class if split == "train" else (per_class // 5 if per_class else None)
+            for file in files[:limit]:
                 chosen = cls
                 if split == "train" and rng.random() < share:
                     chosen = classes[(label + rng.integers(1, len(classes))) % len(classes)]
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, help="the first N training pictures per class only")
     arguments = parser.parse_args()
     from visionfit.console import setup_logging
     from visionfit.data.registry import load_data
@@ -59,7 +64,8 @@ def main() -> None:
     setup_logging()
     with tempfile.TemporaryDirectory() as work:
         root = Path(work) / "data"
-        flipped = flipped_copy(arguments.data_dir.expanduser(), root, arguments.share, arguments.seed)
+        source = arguments.data_dir.expanduser()
+        flipped = flipped_copy(source, root, arguments.share, arguments.seed, arguments.per_class)
         started = time.perf_counter()
         data = load_data("folder", str(root))
         options = DoctorOptions(
@@ -74,6 +80,7 @@ def main() -> None:
         result = {
             "data": str(arguments.data_dir),
             "train_pictures": len(data.train),
+            "test_pictures": len(data.test),
             "flipped": len(flipped),
             "flagged_train": len(train_flagged),
             "flagged_test": len(flagged) - len(train_flagged),
