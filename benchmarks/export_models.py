@@ -23,7 +23,7 @@ import torch
 import visionfit
 from visionfit.data.cifar import CIFAR10_CLASSES
 from visionfit.errors import UserError
-from visionfit.export import export_onnx
+from visionfit.export import ExportOptions, export_onnx
 from visionfit.models import create_model
 
 MODELS = ("cifar10-quick", "airnet", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
@@ -39,7 +39,7 @@ def export_one(name: str, folder: Path, dataset: str | None, data_dir: str | Non
     started = time.perf_counter()
     try:
         result = export_onnx(
-            checkpoint, folder / f"{name}.onnx", dataset=dataset, data_dir=data_dir, notify=lambda _: None
+            checkpoint, folder / f"{name}.onnx", ExportOptions(dataset=dataset, data_dir=data_dir)
         )
     except UserError as error:
         blank = " – |" * 6

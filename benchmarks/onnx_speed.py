@@ -26,15 +26,16 @@ import onnxruntime
 import torch
 
 import visionfit
+from visionfit.console import setup_logging
 from visionfit.data.loaders import eval_loader
 from visionfit.data.registry import DataSplits, load_data
 from visionfit.data.transforms import PictureReader
 from visionfit.engine.loops import evaluate
-from visionfit.export import export_onnx
+from visionfit.export import ExportOptions, export_onnx
+from visionfit.export.quantization import PictureCalibration, quantize_file
 from visionfit.inference import load_for_inference
 from visionfit.models import create_model
 from visionfit.prediction import expand_inputs
-from visionfit.quantization import PictureCalibration, quantize_file
 
 CASES = {"airnet": 32, "resnet18": 224}  # model → its input side
 
@@ -50,9 +51,8 @@ def export_pair(
     checkpoint: Path, data: DataSplits, data_dir: str, calibration: int, folder: Path
 ) -> list[Path]:
     """The verified float32 export and its int8 quantization (same calibration as export's)."""
-    float_path = export_onnx(
-        checkpoint, folder / f"{checkpoint.stem}.onnx", dataset="cifar10", data_dir=data_dir, notify=print
-    ).path
+    options = ExportOptions(dataset="cifar10", data_dir=data_dir)
+    float_path = export_onnx(checkpoint, folder / f"{checkpoint.stem}.onnx", options).path
     int8_path = folder / f"{checkpoint.stem}.int8.onnx"
     preprocess = load_for_inference(checkpoint, device="cpu").preprocess
     indices = random.Random(0).sample(range(len(data.train)), min(calibration, len(data.train)))
@@ -115,6 +115,7 @@ def accuracy_rows(checkpoint: Path, exports: list[Path], data: DataSplits) -> li
 
 
 def main() -> None:
+    setup_logging()  # export's lines, as the command prints them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, help="a folder (searched recursively) of images")
     parser.add_argument("--data-dir", required=True, help="CIFAR-10 (calibration, and accuracy)")

@@ -60,7 +60,7 @@ def pretrained_layout(checkpoint: Path, model_name: str, out: Path) -> Path:
     from safetensors.torch import save_file
     from torchvision.models import get_model
 
-    from visionfit.engine.checkpoint import load_checkpoint
+    from visionfit.engine.checkpoint_file import load_checkpoint
     from visionfit.models.heads import find_classifier
 
     trained = load_checkpoint(checkpoint).model_state

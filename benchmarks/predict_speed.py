@@ -21,7 +21,7 @@ import torch
 
 from visionfit.data.cifar import CIFAR10_CLASSES
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import checkpoint_metadata, save_checkpoint
+from visionfit.engine.checkpoint_file import checkpoint_metadata, save_checkpoint
 from visionfit.models import create_model, record_of
 from visionfit.models.quick import CIFAR10_MEAN, CIFAR10_STD
 from visionfit.prediction import expand_inputs, load

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import checkpoint_metadata, save_checkpoint
+from visionfit.engine.checkpoint_file import checkpoint_metadata, save_checkpoint
 from visionfit.models import ModelRecord, create_model
 
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")

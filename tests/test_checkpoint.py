@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import (
+from visionfit.engine.checkpoint_file import (
     checkpoint_metadata,
     load_checkpoint,
     resolve_checkpoint_path,
@@ -135,7 +135,7 @@ def test_weights_for_another_shape_are_a_clear_error(saved):
 def test_write_failure_keeps_the_previous_checkpoint(saved, monkeypatch):
     model, path = saved
     before = path.read_bytes()
-    import visionfit.engine.checkpoint as module
+    import visionfit.engine.checkpoint_file as module
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tree_digest
 from visionfit.cli import main
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.serialization import load_model
 
 FAST = ["--batch-size", "4", "--workers", "0"]

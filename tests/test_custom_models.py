@@ -13,7 +13,7 @@ from torch import nn
 import visionfit
 from visionfit.cli import main
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.errors import UserError
 from visionfit.models import create_model
 
@@ -173,7 +173,7 @@ def test_save_model_and_load_model_round_trip_registry_and_foreign_models(tmp_pa
 
 
 def test_checkpoints_from_before_the_model_record_still_load(tmp_path):
-    from visionfit.engine.checkpoint import save_checkpoint
+    from visionfit.engine.checkpoint_file import save_checkpoint
 
     model = create_model("cifar10-quick", 10)
     old_metadata = {  # what checkpoints held before heads, weights and user models existed

@@ -18,7 +18,7 @@ from visionfit.cli import main
 from visionfit.config.validation import check_setup
 from visionfit.data.loaders import EpochBatchSampler
 from visionfit.distributed import all_finite, broadcast_from_main, count_across, shard
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.engine.metrics import MetricSums
 from visionfit.engine.resume import restart_target
 from visionfit.errors import UserError

@@ -23,7 +23,7 @@ import torch
 
 from conftest import make_folder_dataset
 from test_resume import make_noisy_dataset
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 
 pytestmark = pytest.mark.slow
 SOURCE = str(Path(__file__).resolve().parents[1] / "src")

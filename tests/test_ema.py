@@ -17,10 +17,11 @@ from torch import nn
 import visionfit
 import visionfit.training as training
 from conftest import make_folder_dataset
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.engine.ema import WeightAverage, training_tensors, training_weights
 from visionfit.engine.loops import Classifier
 from visionfit.evaluation import evaluate_checkpoint
+from visionfit.inference import InferenceOptions
 from visionfit.models.freezing import split_parameters
 from visionfit.prediction import picture_pixels
 from visionfit.training import train
@@ -159,7 +160,7 @@ def test_a_run_tests_saves_and_predicts_with_the_average(tmp_path, monkeypatch):
     assert not torch.equal(raw["head.weight"], average.state_dict()["head.weight"])
 
     # the epoch's test numbers are the average's: eval of best repeats them
-    report = evaluate_checkpoint(result.best_checkpoint, device="cpu").report
+    report = evaluate_checkpoint(result.best_checkpoint, InferenceOptions(device="cpu")).report
     assert report["loss"] == pytest.approx(result.history[-1]["test"]["loss"], rel=1e-5)
 
     # predict on the run folder classifies with the average, not with the raw weights

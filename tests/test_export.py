@@ -4,12 +4,15 @@ file, the missing extra, int8 quantization, and README's plain-onnxruntime lines
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +23,16 @@ import torch
 
 import visionfit
 from conftest import make_folder_dataset, make_image
-from visionfit import onnx_checks
 from visionfit.cli import main
 from visionfit.data.augment import Normalize
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import checkpoint_metadata, save_checkpoint
+from visionfit.engine.checkpoint_file import checkpoint_metadata, save_checkpoint
 from visionfit.errors import UserError
-from visionfit.export import export_onnx
-from visionfit.inference import load_for_inference
+from visionfit.export import ExportOptions, checks, export_onnx
+from visionfit.export.graph import NormalizedClassifier
+from visionfit.inference import InferenceOptions, load_for_inference
+from visionfit.inference.onnx_runtime import load_onnx
 from visionfit.models import ModelRecord, create_model
-from visionfit.onnx_checks import NormalizedClassifier
-from visionfit.onnx_model import load_onnx
 from visionfit.prediction import picture_pixels
 
 CLASSES = ["apple", "grape", "lime"]
@@ -57,9 +59,26 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data = make_folder_dataset(root / "fruit", per_class=8)
     checkpoint = write_checkpoint(root / "model.safetensors", data)
-    lines: list[str] = []
-    result = export_onnx(checkpoint, root / "out" / "model.onnx", notify=lines.append)
+    with logged_lines() as lines:
+        result = export_onnx(checkpoint, root / "out" / "model.onnx")
     return checkpoint, result, lines, data
+
+
+@contextlib.contextmanager
+def logged_lines() -> Iterator[list[str]]:
+    """The messages of the `visionfit` loggers while the block runs."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("visionfit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def metadata_of(path: Path) -> dict:
@@ -97,7 +116,7 @@ def test_one_verified_self_contained_file_whose_metadata_round_trips(exported):
         "seed": 0,
     }
     assert {"visionfit", "torch", "onnx", "onnxruntime"} <= set(metadata["versions"])
-    model = load_onnx(result.path, device="cpu")
+    model = load_onnx(result.path, InferenceOptions(device="cpu"))
     assert model.preprocess == PREPROCESS and model.classes == CLASSES and model.flip and model.shift == 0
     assert "onnx.checker: full check passed" in lines
     assert any("on 10 test images of" in line and "top-1 agreement 10/10" in line for line in lines)
@@ -171,7 +190,7 @@ def test_files_without_or_with_tampered_metadata_are_refused_in_one_line(exporte
 
 def test_a_failed_check_exits_non_zero_and_leaves_no_file(exported, tmp_path, monkeypatch, capsys):
     checkpoint, _, _, _ = exported
-    monkeypatch.setattr(onnx_checks, "RELATIVE_TOLERANCE", -1.0)  # any difference now fails
+    monkeypatch.setattr(checks, "RELATIVE_TOLERANCE", -1.0)  # any difference now fails
     out = tmp_path / "out" / "model.onnx"
     assert main(["export", str(checkpoint), "--out", str(out)]) == 2
     error = capsys.readouterr().err
@@ -200,19 +219,26 @@ MODEL_FILE = textwrap.dedent(
 
 def test_a_users_own_model_file_exports_and_the_export_runs_without_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("visionfit")  # as a library user finds it: nobody configured it
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
     (tmp_path / "mine.py").write_text(MODEL_FILE)
     model = create_model("mine.py:Tiny", len(CLASSES))
     preprocess = Preprocess(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     visionfit.save_model(model, tmp_path / "mine.safetensors", classes=CLASSES, preprocess=preprocess)
     (tmp_path / "mine.py").write_text(MODEL_FILE + "\n# changed\n")
     with pytest.raises(UserError, match=r"refusing to run .*mine\.py"):
-        export_onnx(tmp_path / "mine.safetensors", notify=lambda _: None)
-    lines: list[str] = []
-    result = export_onnx(tmp_path / "mine.safetensors", trust_model_code=True, notify=lines.append)
-    assert "running " in capsys.readouterr().err  # the trust gate said which file it ran
+        export_onnx(tmp_path / "mine.safetensors")
+    trusted = InferenceOptions(model_code="trust")
+    with logged_lines() as lines:
+        result = export_onnx(tmp_path / "mine.safetensors", inference=trusted)
+    output = capsys.readouterr()
+    assert "running " in output.err  # the trust gate said which file it ran
+    assert output.out == ""  # a library call prints nothing unless the caller configures logging
     assert any("10 random inputs" in line for line in lines)  # no data recorded: random inputs
     with pytest.raises(UserError, match="--quantize int8 needs training images.*--dataset/--data-dir"):
-        export_onnx(tmp_path / "mine.safetensors", quantize="int8", trust_model_code=True, notify=print)
+        export_onnx(tmp_path / "mine.safetensors", options=ExportOptions(quantize="int8"), inference=trusted)
     (tmp_path / "mine.py").unlink()  # the export needs no code
     image = tmp_path / "a.png"
     make_image(image, (30, 200, 60), size=(20, 24))
@@ -251,10 +277,9 @@ def test_help_imports_neither_onnx_nor_torch():
 
 def test_int8_quantization_writes_a_smaller_working_model(exported, tmp_path):
     checkpoint, result, _, _ = exported
-    lines: list[str] = []
-    quantized = export_onnx(
-        checkpoint, tmp_path / "model.int8.onnx", quantize="int8", calibration_images=12, notify=lines.append
-    )
+    with logged_lines() as lines:
+        options = ExportOptions(quantize="int8", calibration_images=12)
+        quantized = export_onnx(checkpoint, tmp_path / "model.int8.onnx", options)
     report = quantized.quantization
     assert report.calibration_images == 12 and report.test_images == 6  # a quarter of 24 held out
     assert 0 <= report.int8_accuracy <= 1 and report.float_speed > 0 and report.int8_speed > 0
@@ -264,7 +289,7 @@ def test_int8_quantization_writes_a_smaller_working_model(exported, tmp_path):
     metadata = metadata_of(quantized.path)  # every value still JSON, the quantizer's notes included
     assert metadata["classes"] == CLASSES and metadata["quantization"]["calibration_images"] == 12
     assert metadata["quantization"]["test_accuracy"] == report.int8_accuracy
-    model = load_onnx(quantized.path, device="cpu")
+    model = load_onnx(quantized.path, InferenceOptions(device="cpu"))
     assert model.test_accuracy == report.int8_accuracy
     assert model.probabilities(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 3)
     assert any(line.startswith("int8 ") for line in lines)

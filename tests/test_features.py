@@ -11,7 +11,7 @@ import torch
 
 import visionfit.engine.epochs as epochs
 from visionfit.cli import main
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 
 
 def arguments(data: Path, run_dir: Path, name: str, *extra: str) -> list[str]:

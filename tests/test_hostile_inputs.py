@@ -176,7 +176,7 @@ def test_skip_trains_on_the_rest_and_lists_what_it_left_out(corpus, tmp_path, ca
     run = tmp_path / "runs" / "r"
     listed = (run / "skipped_images.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == sorted(BAD)
-    from visionfit.engine.checkpoint import load_checkpoint
+    from visionfit.engine.checkpoint_file import load_checkpoint
 
     checkpoint = load_checkpoint(run / "checkpoints" / "last.safetensors")
     assert checkpoint.classes == ["alpha", "beta"]  # hidden .git is no class; indices unchanged

@@ -14,7 +14,7 @@ import visionfit
 from conftest import make_image
 from visionfit.cli import main
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.errors import UserError
 from visionfit.importing import import_checkpoint, read_old_weights
 

@@ -72,7 +72,7 @@ def test_a_nan_loss_stops_the_run_within_one_step(poisoned, folder_dataset, tmp_
     stopped_step = int(err.split("training stopped at step ")[1].split()[0])
     checkpoint = run / "checkpoints" / "last.safetensors"
     if stopped_step > 1:  # the step before the NaN was checkpointed, and that file is intact
-        from visionfit.engine.checkpoint import load_checkpoint
+        from visionfit.engine.checkpoint_file import load_checkpoint
 
         saved = load_checkpoint(checkpoint)
         assert saved.metadata["step"] == stopped_step - 1

@@ -13,7 +13,7 @@ from conftest import make_image
 from visionfit.data.augment import Normalize
 from visionfit.data.images import open_rgb
 from visionfit.data.transforms import PictureReader, Preprocess
-from visionfit.engine.checkpoint import checkpoint_metadata, save_checkpoint
+from visionfit.engine.checkpoint_file import checkpoint_metadata, save_checkpoint
 from visionfit.errors import UserError
 from visionfit.models import ModelRecord, create_model
 from visionfit.prediction import STDIN, expand_inputs, picture_pixels, prediction_record, stack_pixels
@@ -186,7 +186,7 @@ def test_a_binary_stream_is_one_image_not_its_lines(checkpoint, tmp_path):
 @pytest.mark.parametrize(("device_type", "channels_last"), [("cpu", True), ("mps", False)])
 def test_the_predictor_takes_the_runtimes_layout(checkpoint, monkeypatch, device_type, channels_last):
     """The predictor once forced channels_last (and built a second Runtime) whatever the device."""
-    import visionfit.inference as inference
+    import visionfit.inference.loading as inference
     from visionfit.runtime import Runtime
 
     path, *_ = checkpoint

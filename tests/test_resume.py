@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import visionfit.engine.epochs as epochs
 from conftest import make_image
 from visionfit.cli import main
-from visionfit.engine.checkpoint import load_checkpoint, previous_path
+from visionfit.engine.checkpoint_file import load_checkpoint, previous_path
 from visionfit.errors import UserError
 from visionfit.training import train
 

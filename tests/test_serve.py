@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
 
 
 def serve(checkpoint, limits=None, **options):
-    model = load_for_inference(checkpoint, device="cpu", precision="fp32", allow_model_code=False)
+    model = load_for_inference(checkpoint, device="cpu", precision="fp32", model_code="refuse")
     return model, create_app(model, limits, **options)
 
 
@@ -235,7 +235,7 @@ def wait_for(condition, timeout=10):
 
 
 def test_a_full_queue_is_503_with_retry_after_and_the_event_loop_never_waits_for_the_model(checkpoint):
-    model = load_for_inference(checkpoint, device="cpu", precision="fp32", allow_model_code=False)
+    model = load_for_inference(checkpoint, device="cpu", precision="fp32", model_code="refuse")
     blocking = BlockingModel(model)
     app = create_app(model, ServeLimits(max_queue=2, max_wait_ms=0))
     service = app.app.state.service
@@ -257,7 +257,7 @@ def test_a_full_queue_is_503_with_retry_after_and_the_event_loop_never_waits_for
 
 
 def test_requests_arriving_within_max_wait_share_one_model_batch(checkpoint):
-    model = load_for_inference(checkpoint, device="cpu", precision="fp32", allow_model_code=False)
+    model = load_for_inference(checkpoint, device="cpu", precision="fp32", model_code="refuse")
     blocking = BlockingModel(model)
     blocking.release.set()
     app = create_app(model, ServeLimits(max_wait_ms=1000, max_batch=8))

@@ -18,7 +18,7 @@ from visionfit.cli import main
 from visionfit.config import build_config
 from visionfit.data.augment import Normalize
 from visionfit.data.transforms import PictureReader
-from visionfit.engine.checkpoint import load_checkpoint
+from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.errors import UserError
 from visionfit.models import create_model
 from visionfit.models.torchvision_zoo import weights_layout_args

@@ -30,6 +30,9 @@ RESIZE_MODES = ("crop", "squash")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 EXPORT_FORMATS = ("onnx",)
 QUANTIZE_MODES = ("int8",)
+# What loading a checkpoint may do with the model code it names (`file.py:Class`): refuse any,
+# run only the recorded file with its recorded SHA-256, or trust whatever file is there.
+MODEL_CODE_POLICIES = ("refuse", "recorded", "trust")
 # Reflect padding needs the shift below the smallest input side (--input-size 8).
 MAX_TEST_TIME_SHIFT = 4
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visionfit.choices import SPLITS
 from visionfit.data.loaders import eval_loader
-from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.registry import DataSplits
 from visionfit.data.samples import Samples
 from visionfit.data.transforms import PictureReader, Preprocess, as_uint8_tensor, resize_picture
 from visionfit.engine.loops import evaluate
 from visionfit.engine.metrics import Predictions
 from visionfit.errors import UserError
-from visionfit.inference import load_for_inference
+from visionfit.inference import InferenceOptions, load_for_inference
 from visionfit.plots import MISTAKES_SHOWN, Mistake, confusion_matrix_figure, mistakes_figure, save_figures
 
 
@@ -85,47 +84,28 @@ def _select_split(data: DataSplits, split: str) -> tuple[Samples, str]:
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
+    options: InferenceOptions | None = None,
     *,
     dataset: str | None = None,
     data_dir: str | None = None,
     split: str = "test",
-    batch_size: int = 256,
-    device: str = "auto",
     workers: int = 0,
-    precision: str = "auto",
-    trust_model_code: bool = False,
-    classes: Sequence[str] | None = None,
-    input_size: int | None = None,
 ) -> EvalResult:
-    """Evaluate a checkpoint on a split of a dataset, with the test-time augmentation its training
-    tested with, so that eval repeats the epoch's numbers.
+    """Evaluate a checkpoint on a split of a dataset, run as `options` say (`InferenceOptions`: the
+    device, precision, batch size, ...), with the test-time augmentation its training tested with
+    unless they say otherwise, so that eval repeats the epoch's numbers.
 
     Without `dataset`/`data_dir`, the ones the checkpoint was trained on; a folder dataset without
     train/ and val/ sub-folders is split with the checkpoint's own seed and fraction, so "test" is
     the very images training held out. "val" and "test" both name the held-out split. An exported
-    `.onnx` file is evaluated on onnxruntime, on its checkpoint's data by default; `classes` and
-    `input_size` are for an ONNX classifier without visionfit metadata.
+    `.onnx` file is evaluated on onnxruntime, on its checkpoint's data by default. Messages (which
+    data were read) go through `logging`.
     """
-    model = load_for_inference(
-        checkpoint,
-        device=device,
-        precision=precision,
-        trust_model_code=trust_model_code,
-        classes=classes,
-        input_size=input_size,
-    )
-    config = model.metadata.get("config", {})
-    if dataset is None and data_dir is None:
-        dataset, data_dir = config.get("dataset"), config.get("data_dir")
-    data = load_data(
-        dataset,
-        data_dir,
-        val_fraction=config.get("val_fraction", 0.1),
-        seed=config.get("seed", 0),
-        notify=print,  # e.g. "reading it as --dataset folder", "using the bundled sample"
-    )
+    model = load_for_inference(checkpoint, options)
+    data = model.training_data(dataset, data_dir)
     check_classes(data.classes, model.classes, data.description)
     samples, split_name = _select_split(data, split)
+    batch_size = (options or InferenceOptions()).batch_size
     batches = eval_loader(
         samples,
         PictureReader(model.preprocess),

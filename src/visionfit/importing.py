@@ -24,7 +24,7 @@ import torch
 
 from visionfit.data.folder import class_folders, find_split_folders
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import SUFFIX, checkpoint_metadata, save_checkpoint
+from visionfit.engine.checkpoint_file import SUFFIX, checkpoint_metadata, save_checkpoint
 from visionfit.errors import UserError
 from visionfit.models import create_model, get_model_spec, record_of
 
@@ -249,6 +249,22 @@ def read_class_names(classes: str | None, classes_from: str | None) -> list[str]
     return names
 
 
+def tutorial_preprocess(
+    model: str,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] = TUTORIAL_MEAN,
+    std: tuple[float, float, float] = TUTORIAL_STD,
+) -> Preprocess:
+    """The tutorial's preprocessing (squash-resize to the model's input size, ToTensor, no
+    normalisation) unless `input_size`, `mean` or `std` say otherwise."""
+    return Preprocess(
+        input_size=input_size or get_model_spec(model).input_size,
+        mean=tuple(mean),  # type: ignore[arg-type]
+        std=tuple(std),  # type: ignore[arg-type]
+        resize_mode="squash",
+    )
+
+
 def import_checkpoint(
     old_path: str | Path,
     *,
@@ -256,14 +272,11 @@ def import_checkpoint(
     classes: list[str],
     output: str | Path | None = None,
     model_args: dict[str, Any] | None = None,
-    input_size: int | None = None,
-    mean: tuple[float, float, float] = TUTORIAL_MEAN,
-    std: tuple[float, float, float] = TUTORIAL_STD,
+    preprocess: Preprocess | None = None,
 ) -> tuple[Path, str]:
     """Write a visionfit checkpoint for a tutorial `.pth` file; returns its path and the file kind.
 
-    The preprocessing recorded is the tutorial's (squash-resize to the model's input size,
-    ToTensor, no normalisation) unless `input_size`, `mean` or `std` say otherwise.
+    The preprocessing recorded is `preprocess`, by default the tutorial's (`tutorial_preprocess`).
     """
     old_path = Path(old_path).expanduser()
     weights, kind = read_old_weights(old_path)
@@ -271,12 +284,7 @@ def import_checkpoint(
     network = create_model(model, len(classes), **model_args)
     state = map_weights(weights, network.state_dict(), model, old_path)
     network.load_state_dict(state, strict=True)
-    preprocess = Preprocess(
-        input_size=input_size or get_model_spec(model).input_size,
-        mean=tuple(mean),  # type: ignore[arg-type]
-        std=tuple(std),  # type: ignore[arg-type]
-        resize_mode="squash",
-    )
+    preprocess = preprocess or tutorial_preprocess(model)
     output = Path(output).expanduser() if output else old_path.with_suffix(SUFFIX)
     if output.resolve() == old_path.resolve():
         raise UserError(f"--out {output} would overwrite the file being imported")

@@ -25,8 +25,8 @@ from visionfit.data.folder import is_image_name
 from visionfit.data.images import open_rgb, to_rgb
 from visionfit.data.transforms import Preprocess, as_uint8_tensor, resize_picture
 from visionfit.errors import UserError
-from visionfit.inference import load_for_inference
-from visionfit.inference_model import InferenceModel
+from visionfit.inference import InferenceModel, InferenceOptions, load_for_inference
+from visionfit.inference.options import inference_options
 
 ImageInput = str | Path | Image.Image | torch.Tensor | BinaryIO
 STDIN = "-"
@@ -82,8 +82,9 @@ def _is_single(images: Any) -> bool:
 class Predictor:
     """Images in, (class name, probability) lists out, for one `InferenceModel`."""
 
-    def __init__(self, model: InferenceModel) -> None:
+    def __init__(self, model: InferenceModel, *, batch_size: int = 256) -> None:
         self.model = model
+        self.batch_size = batch_size  # images per forward pass unless a call says otherwise
 
     @property
     def classes(self) -> list[str]:
@@ -104,7 +105,7 @@ class Predictor:
         ]
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 1, batch_size: int = 256
+        self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 1, batch_size: int | None = None
     ) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) lists, one per image, most probable first.
 
@@ -113,6 +114,7 @@ class Predictor:
         row instead.
         """
         items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        batch_size = batch_size or self.batch_size
         results: list[list[tuple[str, float]]] = []
         for start in range(0, len(items), batch_size):
             pixels = [picture_pixels(item, self.preprocess) for item in items[start : start + batch_size]]
@@ -120,10 +122,16 @@ class Predictor:
         return results
 
     def predict_sources(
-        self, sources: Sequence[str], *, top_k: int = 1, batch_size: int = 256, threads: int | None = None
+        self,
+        sources: Sequence[str],
+        *,
+        top_k: int = 1,
+        batch_size: int | None = None,
+        threads: int | None = None,
     ) -> Iterator[Prediction]:
         """Predict files (or `-` for stdin) in order; unreadable files become error rows."""
         threads = threads or min(8, os.cpu_count() or 1)
+        batch_size = batch_size or self.batch_size
 
         def read(source: str) -> torch.Tensor | str:
             try:
@@ -155,42 +163,24 @@ class Predictor:
             yield Prediction(source, [], item) if isinstance(item, str) else Prediction(source, tops[index])
 
 
-def load(
-    checkpoint: str | Path,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    flip: bool | None = None,
-    shift: int | None = None,
-    trust_model_code: bool = False,
-    classes: Sequence[str] | None = None,
-    input_size: int | None = None,
-) -> Predictor:
-    """Load a visionfit checkpoint (file or run folder) or an exported `.onnx` file as a `Predictor`.
+def load(checkpoint: str | Path, options: InferenceOptions | None = None, **settings: Any) -> Predictor:
+    """Load a visionfit checkpoint (file or run folder) or an exported `.onnx` file as a `Predictor`,
+    run as `options` say (`InferenceOptions`); keyword `settings` replace single options.
 
     `precision="auto"` chooses as training does (bf16 autocast on CPUs with AVX512-BF16 or AMX and on
     GPUs that have it); `"fp32"` gives the exact float32 outputs. `flip` (test-time flip: average
     each image's prediction with its mirror image's) and `shift` (also with copies moved that many
-    pixels; 0: off) default to what the checkpoint's training did. `trust_model_code`: see
-    `load_for_inference`. An ONNX file runs on onnxruntime with the same preprocessing;
-    `classes` and `input_size` name them for an ONNX classifier without visionfit metadata.
+    pixels; 0: off) default to what the checkpoint's training did. `model_code`: what may run of a
+    checkpoint's own model file ("refuse", "recorded", "trust"; see `InferenceOptions`). An ONNX
+    file runs on onnxruntime with the same preprocessing; `classes` and `input_size` name them for
+    an ONNX classifier without visionfit metadata.
 
     >>> predictor = visionfit.load("runs/my-run")
     >>> predictor.predict(["cat.jpg"], top_k=3)
     [[('cat', 0.81), ('dog', 0.12), ('deer', 0.03)]]
     """
-    return Predictor(
-        load_for_inference(
-            checkpoint,
-            device=device,
-            precision=precision,
-            flip=flip,
-            shift=shift,
-            trust_model_code=trust_model_code,
-            classes=classes,
-            input_size=input_size,
-        )
-    )
+    options = inference_options(options, settings)
+    return Predictor(load_for_inference(checkpoint, options), batch_size=options.batch_size)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
-from visionfit.inference import load_for_inference
+from visionfit.inference import InferenceOptions, load_for_inference
 from visionfit.models import ModelRecord, get_model_spec, record_of
 from visionfit.runtime import unwrap_model
 
@@ -24,23 +24,20 @@ def load_model(
     *,
     model: nn.Module | None = None,
     device: str | torch.device = "cpu",
-    trust_model_code: bool = False,
+    model_code: str = "recorded",
 ) -> nn.Module:
     """Load a visionfit checkpoint as an `nn.Module` in eval mode on `device`, in float32.
 
     Registry and torchvision models are rebuilt by name; a user's `file.py:Class` needs that file
     again, and runs it (refused when it is not the file training used, unless
-    `trust_model_code=True`). A model that was trained as an instance (`train(config, model=...)`)
-    is rebuilt by the caller: pass it as `model`, and the checkpoint's weights are loaded into it.
+    `model_code="trust"`; `"refuse"` refuses any code). A model that was trained as an instance
+    (`train(config, model=...)`) is rebuilt by the caller: pass it as `model`, and the checkpoint's
+    weights are loaded into it.
     """
-    loaded = load_for_inference(
-        path,
-        device=str(device),
-        precision="fp32",
-        channels_last="off",
-        model=model,
-        trust_model_code=trust_model_code,
+    options = InferenceOptions(
+        device=str(device), precision="fp32", channels_last="off", model_code=model_code
     )
+    loaded = load_for_inference(path, options, model=model)
     _LOADED[loaded.model] = (loaded.classes, loaded.preprocess)
     return loaded.model
 
@@ -58,7 +55,7 @@ def save_model(
     any other `nn.Module` needs `classes` (its class is recorded as `module:Class`, and loading it
     back needs `load_model(path, model=...)`).
     """
-    from visionfit.engine.checkpoint import SUFFIX, checkpoint_metadata, save_checkpoint
+    from visionfit.engine.checkpoint_file import SUFFIX, checkpoint_metadata, save_checkpoint
 
     plain = unwrap_model(model)
     path = Path(path).expanduser()
@@ -78,5 +75,4 @@ def save_model(
 def _default_preprocess(record: ModelRecord) -> Preprocess:
     if record.source != "registry":
         raise UserError("save_model: pass preprocess=Preprocess(...) for a model outside the registry")
-    spec = get_model_spec(record.name)
-    return Preprocess(spec.input_size, spec.mean, spec.std, "crop", spec.crop_fraction, spec.interpolation)
+    return Preprocess.for_model(get_model_spec(record.name))

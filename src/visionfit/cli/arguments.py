@@ -97,6 +97,25 @@ def add_trust_option(parser: argparse.ArgumentParser, help: str | None = None) -
     )
 
 
+def inference_options(arguments: argparse.Namespace, *, untrusted_code: str = "recorded") -> Any:
+    """The `InferenceOptions` of predict, eval, export and serve from their flags (those a command
+    lacks keep their defaults). `--trust-model-code` sets the "trust" policy; without it a command
+    runs `untrusted_code`: "recorded" (only the file training used) or "refuse" (a service)."""
+    from visionfit.inference.options import InferenceOptions
+
+    flags = {
+        "device": getattr(arguments, "device", "auto"),
+        "precision": getattr(arguments, "precision", "auto"),
+        "flip": getattr(arguments, "test_time_flip", None),
+        "shift": getattr(arguments, "test_time_shift", None),
+        "batch_size": getattr(arguments, "batch_size", 256),
+        "model_code": "trust" if arguments.trust_model_code else untrusted_code,
+        "classes": getattr(arguments, "classes", None),
+        "input_size": getattr(arguments, "input_size", None),
+    }
+    return InferenceOptions(**flags)
+
+
 def class_names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if len(names) < 2 or not all(names):

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from visionfit.choices import SPLITS
-from visionfit.cli.arguments import add_onnx_options, add_runtime_options, add_trust_option, positive
+from visionfit.cli.arguments import (
+    add_onnx_options,
+    add_runtime_options,
+    add_trust_option,
+    inference_options,
+    positive,
+)
 from visionfit.data.registry import dataset_names
 
 
@@ -37,21 +43,18 @@ def add_parser(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from visionfit.console import setup_logging
     from visionfit.engine.metrics import format_report
     from visionfit.evaluation import evaluate_checkpoint, format_confusion, write_report
 
+    setup_logging()  # which data were read, e.g. "reading it as --dataset folder"
     result = evaluate_checkpoint(
         arguments.checkpoint,
+        inference_options(arguments),
         dataset=arguments.dataset,
         data_dir=arguments.data_dir,
         split=arguments.split,
-        batch_size=arguments.batch_size,
-        device=arguments.device,
         workers=arguments.workers,
-        precision=arguments.precision,
-        trust_model_code=arguments.trust_model_code,
-        classes=arguments.classes,
-        input_size=arguments.input_size,
     )
     print(f"{result.checkpoint} on the {result.description}")
     print(format_report(result.report, result.classes))

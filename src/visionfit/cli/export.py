@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from visionfit.choices import EXPORT_FORMATS, QUANTIZE_MODES
-from visionfit.cli.arguments import add_trust_option, positive
+from visionfit.cli.arguments import add_trust_option, inference_options, positive
 from visionfit.data.registry import dataset_names
 
 
@@ -57,18 +57,17 @@ def add_parser(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from visionfit.export import export_onnx
+    from visionfit.console import setup_logging
+    from visionfit.export import ExportOptions, export_onnx
 
-    export_onnx(
-        arguments.checkpoint,
-        arguments.out,
+    setup_logging()  # each step's line
+    options = ExportOptions(
         format_name=arguments.format,
         opset=arguments.opset,
         quantize=arguments.quantize,
+        calibration_images=arguments.calibration_images,
         dataset=arguments.dataset,
         data_dir=arguments.data_dir,
-        calibration_images=arguments.calibration_images,
-        trust_model_code=arguments.trust_model_code,
-        notify=print,
     )
+    export_onnx(arguments.checkpoint, arguments.out, options, inference_options(arguments))
     return 0

@@ -33,7 +33,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from visionfit.importing import import_checkpoint, read_class_names
+    from visionfit.importing import import_checkpoint, read_class_names, tutorial_preprocess
 
     classes = read_class_names(arguments.classes, arguments.classes_from)
     model_args = {}
@@ -49,9 +49,7 @@ def run(arguments: argparse.Namespace) -> int:
         classes=classes,
         output=arguments.out,
         model_args=model_args,
-        input_size=arguments.input_size,
-        mean=arguments.mean,
-        std=arguments.std,
+        preprocess=tutorial_preprocess(arguments.model, arguments.input_size, arguments.mean, arguments.std),
     )
     print(f"imported {arguments.old} ({kind}) as {arguments.model} with {len(classes)} classes: {output}")
     return 0

@@ -15,6 +15,7 @@ from visionfit.cli.arguments import (
     add_runtime_options,
     add_test_time_options,
     add_trust_option,
+    inference_options,
     positive,
 )
 from visionfit.errors import UserError
@@ -56,21 +57,8 @@ def run(arguments: argparse.Namespace) -> int:
     from visionfit.prediction import expand_inputs, load, prediction_record
 
     sources = expand_inputs(arguments.inputs)
-    predictor = load(
-        arguments.checkpoint,
-        device=arguments.device,
-        precision=arguments.precision,
-        flip=arguments.test_time_flip,
-        shift=arguments.test_time_shift,
-        trust_model_code=arguments.trust_model_code,
-        classes=arguments.classes,
-        input_size=arguments.input_size,
-    )
-    predictions = list(
-        predictor.predict_sources(
-            sources, top_k=arguments.top_k, batch_size=arguments.batch_size, threads=arguments.workers
-        )
-    )
+    predictor = load(arguments.checkpoint, inference_options(arguments))
+    predictions = list(predictor.predict_sources(sources, top_k=arguments.top_k, threads=arguments.workers))
     failed = sum(prediction.error is not None for prediction in predictions)
     if arguments.json:
         for prediction in predictions:

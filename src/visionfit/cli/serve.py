@@ -9,7 +9,13 @@ import os
 import sys
 from typing import Any
 
-from visionfit.cli.arguments import add_runtime_options, add_test_time_options, add_trust_option, positive
+from visionfit.cli.arguments import (
+    add_runtime_options,
+    add_test_time_options,
+    add_trust_option,
+    inference_options,
+    positive,
+)
 from visionfit.errors import UserError
 
 API_KEY_VARIABLE = "VISIONFIT_API_KEY"
@@ -124,15 +130,8 @@ def run(arguments: argparse.Namespace) -> int:
     api_key = arguments.api_key if arguments.api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and not api_key.strip():
         raise UserError("--api-key must not be empty")
-    model = load_for_inference(
-        arguments.model,
-        device=arguments.device,
-        precision=arguments.precision,
-        flip=arguments.test_time_flip,
-        shift=arguments.test_time_shift,
-        trust_model_code=arguments.trust_model_code,
-        allow_model_code=False,  # a service runs no checkpoint's code unless told to
-    )
+    # A service runs no checkpoint's code unless told to.
+    model = load_for_inference(arguments.model, inference_options(arguments, untrusted_code="refuse"))
     limits = ServeLimits(
         max_body_bytes=arguments.max_body_mb * MEGABYTE,
         max_files=arguments.max_files,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from visionfit.data.images import open_rgb
 from visionfit.data.transforms import Preprocess, resize_picture
 from visionfit.paths import cache_dir
 
+# One-line messages go through logging: quiet in a library call, printed by the CLI.
+logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the cached tensors change meaning
 
 
@@ -50,7 +53,7 @@ def decode_files(paths: list[Path], preprocess: Preprocess) -> torch.Tensor:
 
 
 def decoded_images(
-    paths: list[Path], labels: list[int], preprocess: Preprocess, notify: Callable[[str], None] = print
+    paths: list[Path], labels: list[int], preprocess: Preprocess, notify: Callable[[str], None] = logger.info
 ) -> torch.Tensor:
     """The files as one uint8 (N, 3, S, S) tensor, from the cache when it holds them."""
     folder = cache_dir() / "decoded"

@@ -9,6 +9,7 @@ their import, and `load` may name its function as "module:function", imported on
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from visionfit.errors import UserError, did_you_mean
 if TYPE_CHECKING:
     from visionfit.data.samples import Samples
 
+# One-line messages go through logging: quiet in a library call, printed by the CLI.
+logger = logging.getLogger(__name__)
 # Modules whose sources are built in; importing one registers its datasets.
 BUILTIN_SOURCES = ("visionfit.data.cifar", "visionfit.data.folder")
 DEFAULT_DATASET = "cifar10"
@@ -54,7 +57,7 @@ class DataRequest:
     data_dir: str | None
     val_fraction: float = 0.1
     seed: int = 0
-    notify: Callable[[str], None] = print
+    notify: Callable[[str], None] = logger.info
     unnamed: bool = False
     download: bool = True  # False: only data already on this machine (export's checks never download)
 
@@ -130,7 +133,7 @@ def load_data(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
-    notify: Callable[[str], None] = print,
+    notify: Callable[[str], None] = logger.info,
     download: bool = True,
 ) -> DataSplits:
     """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through

@@ -63,6 +63,27 @@ class Preprocess:
         return values
 
     @classmethod
+    def for_model(
+        cls,
+        spec: Any,
+        *,
+        input_size: int | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> Preprocess:
+        """The preprocessing a registered model expects (a `models.ModelSpec`: its input size,
+        normalisation, centre-crop share and interpolation), with the sizes and statistics given
+        here in place of its own."""
+        return cls(
+            input_size or spec.input_size,
+            mean or spec.mean,
+            std or spec.std,
+            "crop",
+            spec.crop_fraction,
+            spec.interpolation,
+        )
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocess:
         known = {item.name for item in fields(cls)}
         unknown = set(values) - known

@@ -25,7 +25,7 @@ from torch import nn
 
 from visionfit.data.transforms import Preprocess
 from visionfit.distributed import any_rank, broadcast_from_main
-from visionfit.engine.checkpoint import (
+from visionfit.engine.checkpoint_file import (
     Checkpoint,
     checkpoint_metadata,
     load_checkpoint_or_previous,

@@ -5,7 +5,7 @@ the `--model-arg` values, and given `num_classes` when its constructor takes tha
 checkpoint records the reference, the file's absolute path and its SHA-256, so loading it needs the
 same file — and runs it. `check_model_code` is the gate on that path: it says in one line which
 file or module is about to run, and refuses a file whose hash is not the recorded one unless the
-user trusts it (`--trust-model-code`).
+user trusts it (`--trust-model-code`), and refuses any code under the "refuse" policy (a service).
 """
 
 from __future__ import annotations
@@ -82,22 +82,29 @@ def model_file(reference: str, file: str | None = None) -> Path | None:
     return path
 
 
-def check_model_code(reference: str, file: str | None, recorded_sha256: str | None, trust: bool) -> None:
-    """Before a checkpoint's model class is imported: refuse a model file that is not the one
-    training used (its SHA-256 differs, or none was recorded) unless `trust`, and say in one line
-    which code is about to run."""
+def check_model_code(reference: str, file: str | None, recorded_sha256: str | None, policy: str) -> None:
+    """Before a checkpoint's model class is imported, apply the model-code `policy`
+    (`choices.MODEL_CODE_POLICIES`): "refuse" any code; "recorded" refuses a model file that is not
+    the one training used (its SHA-256 differs, or none was recorded); "trust" runs it. Says in one
+    line which code is about to run."""
     where, class_name, _ = resolve_reference(reference)
+    if policy == "refuse":
+        raise UserError(
+            f"the checkpoint names model code ({reference}) that loading it would run; pass "
+            "--trust-model-code to run it, or serve an ONNX export of it (`visionfit export`), which "
+            "runs no Python code"
+        )
     path = model_file(reference, file)
     if path is None:
         notice(f"importing the module {where} for the model class {class_name} the checkpoint names")
         return
     digest = file_digest(path)
-    if digest != recorded_sha256 and not trust:
+    if digest != recorded_sha256 and policy != "trust":
         recorded = f"SHA-256 {recorded_sha256[:12]}…" if recorded_sha256 else "no recorded SHA-256"
         raise UserError(
             f"refusing to run {path}: the checkpoint's model class {class_name} is defined there, but "
             f"the file is not the one training used (SHA-256 {digest[:12]}…, {recorded}); pass "
-            "--trust-model-code (Python: trust_model_code=True) only if you trust its code, or share "
+            '--trust-model-code (Python: model_code="trust") only if you trust its code, or share '
             "the model as an ONNX export (`visionfit export`), which runs no Python code"
         )
     status = "the file training used" if digest == recorded_sha256 else "changed since training; trusted"

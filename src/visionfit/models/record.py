@@ -170,19 +170,19 @@ def _build(record: ModelRecord, state_dict: dict[str, torch.Tensor] | None) -> n
         ) from None
 
 
-def build_from_record(record: ModelRecord, *, trust_model_code: bool = False) -> nn.Module:
+def build_from_record(record: ModelRecord, *, model_code: str = "recorded") -> nn.Module:
     """The untrained network a checkpoint's record describes (weights come from the checkpoint).
-    A user's class is imported only after `check_model_code` let it."""
+    A user's class is imported only after `check_model_code` let it under the `model_code` policy."""
     if record.source == "instance":
         raise UserError(
             f"this checkpoint holds a model that was passed to visionfit as an instance ({record.name}); "
             "build it yourself and pass it: load_model(path, model=YourModel(...))"
         )
     if uses_model_code(record):
-        check_model_code(record.name, record.file, record.file_sha256, trust_model_code)
+        check_model_code(record.name, record.file, record.file_sha256, model_code)
         model = create_custom_model(record.name, record.num_classes, record.args, file=record.file)
     elif _is_torchvision(record.name):
         model = _build(record, None)
     else:
-        model = registry.create_model(record.name, record.num_classes, **record.args)
+        model = registry.build_registered_model(record.name, record.num_classes, **record.args)
     return remember_record(model, record)

@@ -1,6 +1,6 @@
 """The model registry: every trainable architecture by name, with the input it expects.
 
-`register_model` raises on a duplicate name and `create_model` on an unknown one, so a typo is an
+`register_model` raises on a duplicate name and `build_registered_model` on an unknown one, so a typo is an
 error with a suggestion, never a silently different network.
 """
 
@@ -98,7 +98,7 @@ def list_models() -> list[ModelSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
-def create_model(name: str, num_classes: int, **args: Any) -> nn.Module:
+def build_registered_model(name: str, num_classes: int, **args: Any) -> nn.Module:
     """Build the registered model `name` with a `num_classes`-way output."""
     spec = get_model_spec(name)
     accepted = spec.accepted_args()
@@ -124,5 +124,5 @@ def count_parameters(name: str, num_classes: int = 10) -> int:
     if known is not None:
         return known
     with torch.device("meta"):
-        model = create_model(name, num_classes)
+        model = build_registered_model(name, num_classes)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException  # also what Starlette's form parser and body limit raise
 
 from visionfit import __version__
-from visionfit.inference_model import InferenceModel
+from visionfit.inference.model import InferenceModel
 from visionfit.models.record import ModelRecord
 from visionfit.prediction import Prediction, Predictor, prediction_record
 from visionfit.serve.batching import Batcher

@@ -18,6 +18,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +27,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
 
 if TYPE_CHECKING:
-    from visionfit.data.transforms import Preprocess
     from visionfit.models.record import ModelRecord
 
 FORMAT = "visionfit-checkpoint"
@@ -60,6 +62,39 @@ class Checkpoint:
     def test_time_shift(self) -> int:
         """The shift in pixels of training's test-time augmentation (0: none)."""
         return int(self.metadata.get("config", {}).get("test_time_shift", 0))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How a picture becomes the model's input, as training's evaluation made it."""
+        return Preprocess.from_dict(self.metadata["preprocess"])
+
+    def training_data(
+        self, dataset: str | None = None, data_dir: str | None = None, *, download: bool = True
+    ) -> DataSplits:
+        """The data this checkpoint was trained on, split as training split it (or the data named)."""
+        return training_data(self.metadata.get("config", {}), dataset, data_dir, download=download)
+
+
+def training_data(
+    config: Mapping[str, Any],
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    *,
+    download: bool = True,
+) -> DataSplits:
+    """The data a run with `config` (a checkpoint's "config" metadata) trained on, or the data named
+    by `dataset`/`data_dir`, with the run's held-out share and seed: a folder without train/ and val/
+    sub-folders is split as training split it, so "test" is the very images training held out.
+    `download=False`: only data already on this machine (else `UserError`)."""
+    if dataset is None and data_dir is None:
+        dataset, data_dir = config.get("dataset"), config.get("data_dir")
+    return load_data(
+        dataset,
+        data_dir,
+        val_fraction=config.get("val_fraction", 0.1),
+        seed=config.get("seed", 0),
+        download=download,
+    )
 
 
 def versions() -> dict[str, str]:

@@ -16,7 +16,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,14 @@ from visionfit.data.transforms import PictureReader, Preprocess
 from visionfit.engine.loops import evaluate
 from visionfit.errors import UserError
 from visionfit.evaluation import check_classes
-from visionfit.inference_model import InferenceModel
-from visionfit.onnx_checks import (
-    Comparison,
-    NormalizedClassifier,
-    check_graph,
-    compare_with_torch,
-    run_in_batches,
-    save_model,
-    verify_float,
-)
-from visionfit.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_onnx, open_session
+from visionfit.export.checks import Comparison, check_graph, compare_with_torch, run_in_batches, verify_float
+from visionfit.export.graph import NormalizedClassifier, write_onnx
+from visionfit.inference.model import InferenceModel
+from visionfit.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, load_onnx, open_session
+from visionfit.inference.options import InferenceOptions
 from visionfit.prediction import picture_pixels, stack_pixels
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 16
 SPEED_BATCH = 64  # images per onnxruntime call when timing: a predict batch, not a single image
@@ -148,7 +144,7 @@ class QuantizationReport:
 def measure(path: Path, data: DataSplits) -> tuple[float, torch.Tensor, float]:
     """Test accuracy (with the recorded test-time augmentation, as eval does), every test image's
     predicted class, and one-pass images/s of an ONNX file."""
-    model = load_onnx(path, device="cpu")
+    model = load_onnx(path, InferenceOptions(device="cpu"))
     reader = PictureReader(model.preprocess)
     batches = eval_loader(data.test, reader, batch_size=256, workers=0, device=torch.device("cpu"))
     evaluation = evaluate(model.classifier, batches, len(model.classes), keep_predictions=True)
@@ -172,16 +168,15 @@ def write_int8_export(
     data: DataSplits,
     calibration_images: int,
     reference: tuple[NormalizedClassifier, torch.Tensor, str],
-    notify: Callable[[str], None],
 ) -> dict[str, Any]:
     """The float export `proto` verified as every export is (in a temporary folder), then quantized
     into `int8_path`: `ExportResult`'s verification and quantization fields."""
     wrapper, pixels, images = reference
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder) / "float.onnx"
-        save_model(proto, float_path)
-        verification = verify_float(float_path, wrapper, pixels, images, notify)
-        report = write_int8(float_path, int8_path, model, data, calibration_images, reference, notify)
+        write_onnx(proto, float_path)
+        verification = verify_float(float_path, wrapper, pixels, images)
+        report = write_int8(float_path, int8_path, model, data, calibration_images, reference)
     return {"verification": verification, "quantization": report}
 
 
@@ -192,7 +187,6 @@ def write_int8(
     data: DataSplits,
     calibration_images: int,
     reference: tuple[NormalizedClassifier, torch.Tensor, str],
-    notify: Callable[[str], None],
 ) -> QuantizationReport:
     """Quantize the verified float export at `float_path` into `int8_path`, check the int8 graph
     (full check, runs at batch 1, 2 and 7 like one batch, finite) and compare it with the float
@@ -201,13 +195,13 @@ def write_int8(
     if not len(data.train) or not len(data.test):
         raise UserError(f"--quantize int8 needs training and test images; {data.description} lacks some")
     indices = random.Random(0).sample(range(len(data.train)), min(calibration_images, len(data.train)))
-    notify(f"quantizing to int8, calibrated on {len(indices)} training images of {data.description}")
+    logger.info(f"quantizing to int8, calibrated on {len(indices)} training images of {data.description}")
     quantize_file(float_path, int8_path, PictureCalibration(data.train, indices, model.preprocess))
     wrapper, pixels, images = reference
     comparison = compare_with_torch(int8_path, wrapper, pixels, images)
     check_int8_runs(int8_path, pixels, comparison)
-    notify(comparison.describe("PyTorch float32"))
-    notify(f"testing float32 and int8 on the {len(data.test)} test images of {data.description}")
+    logger.info(comparison.describe("PyTorch float32"))
+    logger.info(f"testing float32 and int8 on the {len(data.test)} test images of {data.description}")
     float_accuracy, float_predicted, float_speed = measure(float_path, data)
     int8_accuracy, int8_predicted, int8_speed = measure(int8_path, data)
     report = QuantizationReport(
@@ -220,23 +214,25 @@ def write_int8(
         int8_speed,
         comparison.max_difference,
     )
-    rewrite_metadata(
-        int8_path,
-        {
-            "tool": "onnxruntime.quantization.quantize_static",
-            "format": "QDQ",
-            "weights": "int8, per output channel",
-            "activations": "uint8",
-            "calibration_images": len(indices),
-            "calibration_data": data.description,
-            "test_accuracy": int8_accuracy,
-            "float_test_accuracy": float_accuracy,
-        },
-    )
+    rewrite_metadata(int8_path, quantization_record(report, data.description))
     check_graph(int8_path)
-    notify(report.table())
-    notify(f"int8 agrees with float32 on {report.agreement:.2%} of the test images")
+    logger.info(report.table())
+    logger.info(f"int8 agrees with float32 on {report.agreement:.2%} of the test images")
     return report
+
+
+def quantization_record(report: QuantizationReport, calibration_data: str) -> dict[str, Any]:
+    """What the int8 file says about its quantization (its "quantization" metadata)."""
+    return {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8, per output channel",
+        "activations": "uint8",
+        "calibration_images": report.calibration_images,
+        "calibration_data": calibration_data,
+        "test_accuracy": report.int8_accuracy,
+        "float_test_accuracy": report.float_accuracy,
+    }
 
 
 def check_int8_runs(path: Path, pixels: torch.Tensor, comparison: Comparison) -> None:

@@ -2,7 +2,7 @@
 
 It classifies uint8 batches at its input size (`preprocess` resizes pictures to that); everything
 after the resize — normalisation, layout, precision, test-time augmentation — happens inside it.
-`inference.load_for_inference` makes one from a checkpoint, `onnx_model.load_onnx` from an export.
+`inference.load_for_inference` makes one from a checkpoint, `onnx_runtime.load_onnx` from an export.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from torch import nn
 
 from visionfit.choices import MAX_TEST_TIME_SHIFT
 from visionfit.data.augment import Normalize
+from visionfit.data.registry import DataSplits
 from visionfit.data.transforms import Preprocess
+from visionfit.engine.checkpoint_file import training_data
 from visionfit.engine.loops import Classifier
 from visionfit.errors import UserError
 from visionfit.runtime import Runtime
@@ -66,6 +68,12 @@ class InferenceModel:
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, classes) on the CPU."""
         return torch.softmax(self.logits(images), dim=1).cpu()
+
+    def training_data(
+        self, dataset: str | None = None, data_dir: str | None = None, *, download: bool = True
+    ) -> DataSplits:
+        """The data the model was trained on (or the data named), split as training split it."""
+        return training_data(self.metadata.get("config", {}), dataset, data_dir, download=download)
 
     @property
     def test_accuracy(self) -> float | None:

@@ -1,5 +1,5 @@
-"""Exported ONNX files as visionfit models: their metadata (what `visionfit export` writes and how
-it is read back, defined here once), and running them on onnxruntime behind the same
+"""Exported ONNX files as visionfit models: their metadata (the keys `visionfit export` writes,
+`export.graph`, and how they are read back), and running them on onnxruntime behind the same
 `InferenceModel` a checkpoint gives.
 
 `visionfit export` writes the graph to take float RGB in [0, 1], NCHW, at the input size, with the
@@ -15,8 +15,6 @@ A file without that metadata (someone else's classifier) runs when the caller na
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,9 +25,9 @@ import torch
 
 from visionfit.config.validation import check_device_name
 from visionfit.data.transforms import Preprocess
-from visionfit.engine.checkpoint import versions
 from visionfit.errors import UserError
-from visionfit.inference_model import InferenceModel, check_test_time_shift
+from visionfit.inference.model import InferenceModel, check_test_time_shift
+from visionfit.inference.options import InferenceOptions
 from visionfit.runtime import Runtime
 
 FORMAT_KEY = "visionfit_format"
@@ -51,10 +49,6 @@ def import_onnxruntime(purpose: str) -> Any:
     except ImportError:
         raise UserError(f"{purpose} needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
     return onnxruntime
-
-
-def is_onnx_file(source: str | Path) -> bool:
-    return Path(source).suffix.lower() == ".onnx"
 
 
 def read_metadata(properties: Mapping[str, str], path: Path) -> dict[str, Any] | None:
@@ -97,70 +91,6 @@ def preprocess_of(metadata: Mapping[str, Any], path: Path) -> Preprocess:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{path} has damaged visionfit metadata ({error})") from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resize_record(preprocess: Preprocess) -> dict[str, Any]:
-    """The resize before the graph, as a person or another program needs it."""
-    record: dict[str, Any] = {"mode": preprocess.resize_mode}
-    if preprocess.resize_mode == "crop":
-        record["shorter_side"] = round(preprocess.input_size / preprocess.crop_fraction)
-        record["how"] = "scale the shorter side to shorter_side, then cut the centre input_size square"
-    else:
-        record["how"] = "scale straight to input_size x input_size"
-    return {
-        **record,
-        "crop_fraction": preprocess.crop_fraction,
-        "interpolation": preprocess.interpolation,
-        "antialias": True,
-    }
-
-
-def export_properties(model: InferenceModel, opset: int) -> dict[str, Any]:
-    """Everything the file says about itself (`metadata_props`, each value JSON)."""
-    preprocess, metadata = model.preprocess, model.metadata
-    config = metadata.get("config", {})
-    record = metadata.get("model", {})
-    size = preprocess.input_size
-    assert model.source is not None
-    return {
-        FORMAT_KEY: FORMAT_VERSION,
-        "classes": model.classes,
-        "input_size": size,
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "channels": "RGB",
-            "dtype": "float32",
-            "value_range": [0.0, 1.0],
-            "shape": ["batch", 3, size, size],
-        },
-        "resize": resize_record(preprocess),
-        "normalization": {"mean": list(preprocess.mean), "std": list(preprocess.std), "in_graph": True},
-        "outputs": {"logits": ["batch", len(model.classes)], "probabilities": "softmax of logits"},
-        "model": {key: record[key] for key in ("name", "args", "num_classes") if key in record},
-        "test_time_augmentation": {"flip": model.flip, "shift": model.shift, "in_graph": False},
-        "source_checkpoint": {
-            "file": model.source.name,
-            "sha256": file_sha256(model.source),
-            "content_sha256": metadata.get("sha256"),
-            "epoch": metadata.get("epoch"),
-            "test_accuracy": model.test_accuracy,
-        },
-        "training_data": {key: config[key] for key in TRAINING_DATA_KEYS if key in config},
-        "opset": opset,
-        "versions": {
-            **{key: value for key, value in versions().items() if key in ("visionfit", "torch")},
-            **{name: importlib.import_module(name).__version__ for name in EXPORT_PACKAGES},
-        },
-    }
 
 
 def foreign_preprocess(input_size: int) -> Preprocess:
@@ -275,42 +205,20 @@ def _foreign_model_setup(
     return list(classes), foreign_preprocess(size), session.get_outputs()[0].name
 
 
-def load_onnx(
-    path: str | Path,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    flip: bool | None = None,
-    shift: int | None = None,
-    classes: Sequence[str] | None = None,
-    input_size: int | None = None,
-) -> InferenceModel:
+def load_onnx(path: str | Path, options: InferenceOptions) -> InferenceModel:
     """An ONNX file as an `InferenceModel` running on onnxruntime (CPU, or CUDA where the device and
     onnxruntime allow). A visionfit export brings its classes, preprocessing and test-time
-    augmentation; `classes` and `input_size` name them for a file without metadata (or rename the
-    classes of an export). `flip`/`shift` override the recorded test-time augmentation."""
+    augmentation; `options.classes` and `options.input_size` name them for a file without metadata
+    (or rename the classes of an export); `options.flip`/`shift` override the recorded test-time
+    augmentation."""
     path = Path(path).expanduser()
-    if precision not in ("auto", "fp32"):
+    if options.precision not in ("auto", "fp32"):
         raise UserError(
-            f"--precision {precision}: an ONNX model runs in the precision it was exported in "
+            f"--precision {options.precision}: an ONNX model runs in the precision it was exported in "
             "(float32, or int8 when quantized); use auto or fp32"
         )
-    session = open_session(path, device)
-    graph_size = _graph_input_size(session, path)
-    metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
-    if metadata is None:
-        names, preprocess, output_name = _foreign_model_setup(session, path, classes, input_size)
-        metadata = {}
-    else:
-        names = list(classes) if classes is not None else [str(name) for name in metadata["classes"]]
-        preprocess, output_name = preprocess_of(metadata, path), OUTPUT_NAMES[0]
-        if input_size is not None and input_size != preprocess.input_size:
-            raise UserError(f"{path} is an export for {preprocess.input_size}-pixel input; drop --input-size")
-    if graph_size is not None and graph_size != preprocess.input_size:
-        raise UserError(
-            f"{path}: the graph takes {graph_size}x{graph_size} pixels but the input size is "
-            f"{preprocess.input_size}; the file was altered or --input-size is wrong"
-        )
+    session = open_session(path, options.device)
+    metadata, names, preprocess, output_name = _describe(session, path, options)
     width = _output_width(session, output_name, preprocess.input_size)
     if width != len(names):
         raise UserError(
@@ -318,19 +226,45 @@ def load_onnx(
             "the file was altered, or --classes names the wrong number of classes"
         )
     augmentation = metadata.get("test_time_augmentation", {})
-    shift = int(augmentation.get("shift", 0)) if shift is None else shift
+    shift = int(augmentation.get("shift", 0)) if options.shift is None else options.shift
     check_test_time_shift(shift, preprocess.input_size)
     return InferenceModel(
         OnnxNetwork(session, output_name),
         names,
         preprocess,
         Runtime(device=torch.device("cpu"), precision="fp32", channels_last=False),
-        flip=bool(augmentation.get("flip", False)) if flip is None else flip,
+        flip=bool(augmentation.get("flip", False)) if options.flip is None else options.flip,
         shift=shift,
         source=path,
         metadata=_inference_metadata(metadata, names, preprocess),
         prepare=unit_range,
     )
+
+
+def _describe(
+    session: Any, path: Path, options: InferenceOptions
+) -> tuple[dict[str, Any], list[str], Preprocess, str]:
+    """The file's visionfit metadata ({} for a foreign file), class names, preprocessing and the
+    output that holds the logits."""
+    graph_size = _graph_input_size(session, path)
+    metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    if metadata is None:
+        names, preprocess, output_name = _foreign_model_setup(
+            session, path, options.classes, options.input_size
+        )
+        metadata = {}
+    else:
+        classes = options.classes
+        names = list(classes) if classes is not None else [str(name) for name in metadata["classes"]]
+        preprocess, output_name = preprocess_of(metadata, path), OUTPUT_NAMES[0]
+        if options.input_size is not None and options.input_size != preprocess.input_size:
+            raise UserError(f"{path} is an export for {preprocess.input_size}-pixel input; drop --input-size")
+    if graph_size is not None and graph_size != preprocess.input_size:
+        raise UserError(
+            f"{path}: the graph takes {graph_size}x{graph_size} pixels but the input size is "
+            f"{preprocess.input_size}; the file was altered or --input-size is wrong"
+        )
+    return metadata, names, preprocess, output_name
 
 
 def _inference_metadata(

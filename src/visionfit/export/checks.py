@@ -1,47 +1,27 @@
 """Checking an exported ONNX file against the PyTorch model it came from: `onnx.checker`'s full
 check, then onnxruntime's outputs against the float32 PyTorch wrapper's (`NormalizedClassifier`,
-what the graph computes) on the same pictures, fed in batches of 1, 2 and 7. Used by `export` for
+what the graph computes) on the same pictures, fed in batches of 1, 2 and 7. Used by `export.writing` for
 every file it writes and by `quantization` for the int8 one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
-from visionfit.onnx_model import INPUT_NAME, OUTPUT_NAMES, open_session
+from visionfit.export.graph import NormalizedClassifier, one_line
+from visionfit.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, open_session
+
+logger = logging.getLogger(__name__)
 
 VERIFY_BATCHES = (1, 2, 7)
 # onnxruntime computes the same float32 function in another order (fused kernels): its logits may
 # differ by rounding, which stays far below this share of the largest logit.
 RELATIVE_TOLERANCE = 1e-3
-
-
-class NormalizedClassifier(nn.Module):
-    """What an exported graph computes: float RGB in [0, 1] → the checkpoint's mean/std
-    normalisation → the network → logits, and their softmax as probabilities."""
-
-    def __init__(self, network: nn.Module, preprocess: Preprocess) -> None:
-        super().__init__()
-        self.network = network
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.network((pixels - self.mean) / self.std)
-        return logits, torch.softmax(logits, dim=1)
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 @dataclass
@@ -114,23 +94,16 @@ def check_against_torch(comparison: Comparison) -> None:
         )
 
 
-def save_model(proto: Any, path: Path) -> None:
-    import onnx
-
-    onnx.save_model(proto, str(path))
-
-
 def verify_float(
     path: Path,
     wrapper: NormalizedClassifier,
     pixels: torch.Tensor,
     images: str,
-    notify: Callable[[str], None],
 ) -> Comparison:
     """The full check and the comparison with PyTorch of a float file; raises when either fails."""
     check_graph(path)
-    notify("onnx.checker: full check passed")
+    logger.info("onnx.checker: full check passed")
     comparison = compare_with_torch(path, wrapper, pixels, images)
     check_against_torch(comparison)
-    notify(comparison.describe())
+    logger.info(comparison.describe())
     return comparison
