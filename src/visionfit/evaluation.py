@@ -165,20 +165,17 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
 def write_training_plots(
     run_dir: Path,
     history: list[dict[str, Any]],
-    predictions: Predictions,
-    samples: Samples,
+    mistakes: list[Mistake],
     classes: list[str],
-    preprocess: Preprocess,
     writer: Any = None,
     step: int = 0,
 ) -> list[Path]:
     """At the end of training: confusion_matrix.png, mistakes.png (and mistakes.json, the list it
     shows) and curves.png in the run folder, and the images in TensorBoard (`plots/*`), for the final
     weights: the confusion matrix of the last epoch's test (as its metrics say), its most confident
-    mistakes from `predictions` (every test sample's, all processes' shares joined)."""
+    `mistakes` (`collect_mistakes` of every test sample's predictions, all processes' shares joined)."""
     from visionfit.plots import curves_figure
 
-    mistakes = collect_mistakes(predictions, samples, classes, preprocess)
     listing = json.dumps(mistake_records(mistakes), indent=2) + "\n"
     (run_dir / "mistakes.json").write_text(listing, encoding="utf-8")
     figures = {

@@ -177,13 +177,7 @@ def resolve_preprocess(
             std=config.std or tuple(getattr(source, "std", IMAGENET_STD)),
         )
     spec = get_model_spec(config.model)
-    return Preprocess(
-        input_size=config.input_size or spec.input_size,
-        mean=config.mean or spec.mean,
-        std=config.std or spec.std,
-        crop_fraction=spec.crop_fraction,
-        interpolation=spec.interpolation,
-    )
+    return Preprocess.for_model(spec, input_size=config.input_size, mean=config.mean, std=config.std)
 
 
 def check_run_setup(config: TrainConfig, runtime: Runtime, data: DataSplits, preprocess: Preprocess) -> str:
@@ -350,7 +344,7 @@ def finish(
 ) -> TrainResult:
     """The end-of-run plots (rank 0, from the last epoch's test), the hparams summary, the finished
     status and the last epoch's table."""
-    from visionfit.evaluation import write_training_plots
+    from visionfit.evaluation import collect_mistakes, write_training_plots
 
     config, run_dir, classes = run.config, run.checkpoints.folder.parent, run.data.classes
     if last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
@@ -363,7 +357,8 @@ def finish(
         return result
     assert predictions is not None  # rank 0 holds every rank's predictions
     writer, step = run.events.writer, state.global_step
-    write_training_plots(run_dir, history, predictions, run.data.test, classes, run.preprocess, writer, step)
+    mistakes = collect_mistakes(predictions, run.data.test, classes, run.preprocess)
+    write_training_plots(run_dir, history, mistakes, classes, writer, step)
     hyperparameters = {
         key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")
     }
