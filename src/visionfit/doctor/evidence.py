@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from visionfit.data.registry import DataSplits
     from visionfit.doctor.checks import Evidence
     from visionfit.doctor.options import DoctorOptions
-    from visionfit.inference_model import InferenceModel
+    from visionfit.inference import InferenceModel
 
 logger = logging.getLogger(__name__)
 BATCH = 256

@@ -11,7 +11,7 @@ and how a resumed run is put back from its `last` one.
 With --ema every checkpoint's weights are the moving average (`engine.ema`), the weights the run
 tests, so `best`, predict, eval and export use them without knowing about it.
 
-Only rank 0 writes; the file format itself is `engine.checkpoint`'s.
+Only rank 0 writes; the file format itself is `engine.checkpoint_file`'s.
 """
 
 from __future__ import annotations
