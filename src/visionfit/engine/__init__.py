@@ -1,0 +1,7 @@
+"""The engine: what runs a model over data, below training and inference.
+
+`loops` (train steps, `Classifier`, the one `evaluate`), `epochs` (the epoch loop), `checkpointing`
+(what a run keeps and when), `checkpoint_file` (the file format), `ema`, `features` (the frozen
+backbone's cache), `resume`, `run_folder`, `events`, `metrics`, `optim`, `state`. Import the
+modules themselves; this package exports nothing, so importing one part loads no other.
+"""
