@@ -76,6 +76,13 @@ def test_train_end_to_end_writes_a_complete_run(capsys, folder_dataset, tmp_path
     assert events.Scalars("test/accuracy")[-1].value == pytest.approx(test["accuracy"])
     assert {"test/loss", "train/lr", "test/macro_f1", "test_per_class/f1/grape"} <= set(tags["scalars"])
     assert "train/images" in tags["images"] and tags["graph"]
+    # calibration every epoch: console, metrics.jsonl, TensorBoard; the reliability diagram at the end
+    assert out.count("ECE ") >= 2 and "calibration  ECE" in out
+    assert {"ece", "mce", "nll", "brier", "bins"} <= set(test["calibration"])
+    assert test["calibration"]["nll"] == pytest.approx(test["loss"], rel=1e-5)
+    assert {"test_calibration/ece", "test_calibration/brier"} <= set(tags["scalars"])
+    assert (run / "reliability.png").is_file() and "plots/reliability" in tags["images"]
+    assert (run / "mistakes_cam.png").is_file()  # where the final weights looked, grad-cam being in dev
     assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
 
 

@@ -116,6 +116,17 @@ def check_page(page, url, images, expected, notes, refusal):
         assert card.locator(".class-name").all_text_contents() == expected[name], name
         assert card.locator("img").get_attribute("alt") == f"Preview of {name}"
 
+    # "why?" asks /explain and shows the picture with its Grad-CAM map; pressed again, hides it.
+    first = page.locator(".card").first
+    first.locator("button.why").click()
+    overlay = first.locator("img.overlay")
+    expect(overlay).to_be_visible()
+    assert overlay.get_attribute("src").startswith("blob:")
+    assert overlay.evaluate("image => image.complete && image.naturalWidth") == 224
+    expect(first.locator(".overlay-caption")).to_contain_text("Where the model looked for")
+    first.locator("button.why").click()
+    expect(overlay).to_be_hidden()
+
     page.locator("#file-input").set_input_files(str(notes))
     refused = page.locator('.card[data-state="refused"]')
     expect(refused.locator(".error")).to_have_text(f"Refused: {refusal}")

@@ -8,10 +8,14 @@ The metrics come from the same `MetricSums` that training reports every epoch, s
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from visionfit.choices import SPLITS
 from visionfit.data.loaders import eval_loader
@@ -21,8 +25,20 @@ from visionfit.data.transforms import PictureReader, Preprocess, as_uint8_tensor
 from visionfit.engine.loops import evaluate
 from visionfit.engine.metrics import Predictions
 from visionfit.errors import UserError
-from visionfit.inference import InferenceOptions, load_for_inference
-from visionfit.plots import MISTAKES_SHOWN, Mistake, confusion_matrix_figure, mistakes_figure, save_figures
+from visionfit.inference import InferenceModel, InferenceOptions, load_for_inference
+from visionfit.plots import (
+    MISTAKES_SHOWN,
+    Mistake,
+    confusion_matrix_figure,
+    mistakes_cam_figure,
+    mistakes_figure,
+    reliability_figure,
+    save_figures,
+)
+
+logger = logging.getLogger(__name__)
+# The worst mistakes mistakes_cam.png explains: two maps each, rows of a figure that stays readable.
+MISTAKES_EXPLAINED = 8
 
 
 def collect_mistakes(
@@ -53,6 +69,9 @@ class EvalResult:
     classes: list[str]
     report: dict[str, Any]
     mistakes: list[Mistake]
+    temperature: float = 1.0  # the checkpoint's (1: not calibrated, or an export's, applied inside)
+    uncalibrated: dict[str, Any] | None = None  # the calibration before the temperature, if it has one
+    mistake_overlays: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # Grad-CAM, when it can
 
 
 def check_classes(data_classes: list[str], checkpoint_classes: list[str], where: str) -> None:
@@ -113,12 +132,40 @@ def evaluate_checkpoint(
         workers=workers,
         device=model.runtime.device,
     )
-    evaluation = evaluate(model.classifier, batches, len(model.classes), keep_predictions=True)
+    evaluation = evaluate(
+        model.classifier, batches, len(model.classes), keep_predictions=True, temperature=model.temperature
+    )
     assert evaluation.predictions is not None
     mistakes = collect_mistakes(evaluation.predictions, samples, model.classes, model.preprocess)
     report = evaluation.sums.report(model.classes)
     description = f"{split_name} of {data.description}"
-    return EvalResult(model.source or Path(checkpoint), split, description, model.classes, report, mistakes)
+    uncalibrated = evaluation.uncalibrated.report() if evaluation.uncalibrated is not None else None
+    source = model.source or Path(checkpoint)
+    result = EvalResult(source, split, description, model.classes, report, mistakes, model.temperature)
+    result.uncalibrated = uncalibrated
+    result.mistake_overlays = explain_mistakes(model, mistakes)
+    return result
+
+
+def explain_mistakes(
+    model: InferenceModel, mistakes: list[Mistake]
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Grad-CAM overlays of the worst mistakes (where the model looked for the class it chose and
+    for the true class), or None when the model cannot be explained (an ONNX export, a transformer,
+    no grad-cam package installed), which the log says once."""
+    from visionfit.explaining import Explainer
+
+    try:
+        explainer = Explainer(model)
+    except UserError as error:  # quiet: eval's printed report is the same for a checkpoint and its export
+        logger.debug(f"no mistakes_cam.png: {error}")
+        return None
+    shown = mistakes[:MISTAKES_EXPLAINED]
+    return explainer.mistake_overlays(
+        [mistake.image for mistake in shown],
+        [mistake.predicted_class for mistake in shown],
+        [mistake.true_class for mistake in shown],
+    )
 
 
 def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
@@ -143,7 +190,8 @@ def mistake_records(mistakes: list[Mistake]) -> list[dict[str, Any]]:
 
 
 def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
-    """metrics.json, confusion_matrix.csv, confusion_matrix.png and mistakes.png in `out_dir`."""
+    """metrics.json, confusion_matrix.csv, confusion_matrix.png, mistakes.png and reliability.png
+    (the calibration; before and after the temperature when the model has one) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {
         "checkpoint": str(result.checkpoint),
@@ -151,6 +199,8 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
         "data": result.description,
         "classes": result.classes,
         **result.report,
+        "temperature": result.temperature,
+        "calibration_before_temperature": result.uncalibrated,
         "mistakes": mistake_records(result.mistakes),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -158,7 +208,10 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
     figures = {
         "confusion_matrix": confusion_matrix_figure(result.report["confusion_matrix"], result.classes),
         "mistakes": mistakes_figure(result.mistakes),
+        "reliability": reliability_figure(result.report["calibration"], result.uncalibrated),
     }
+    if result.mistake_overlays is not None:
+        figures["mistakes_cam"] = mistakes_cam_figure(result.mistakes, result.mistake_overlays)
     return [out_dir / "metrics.json", out_dir / "confusion_matrix.csv", *save_figures(figures, out_dir)]
 
 
@@ -171,9 +224,10 @@ def write_training_plots(
     step: int = 0,
 ) -> list[Path]:
     """At the end of training: confusion_matrix.png, mistakes.png (and mistakes.json, the list it
-    shows) and curves.png in the run folder, and the images in TensorBoard (`plots/*`), for the final
-    weights: the confusion matrix of the last epoch's test (as its metrics say), its most confident
-    `mistakes` (`collect_mistakes` of every test sample's predictions, all processes' shares joined)."""
+    shows), curves.png and reliability.png in the run folder, and the images in TensorBoard
+    (`plots/*`), for the final weights: the confusion matrix and the reliability diagram of the last
+    epoch's test (as its metrics say), its most confident `mistakes` (`collect_mistakes` of every
+    test sample's predictions, all processes' shares joined)."""
     from visionfit.plots import curves_figure
 
     listing = json.dumps(mistake_records(mistakes), indent=2) + "\n"
@@ -182,8 +236,40 @@ def write_training_plots(
         "confusion_matrix": confusion_matrix_figure(history[-1]["test"]["confusion_matrix"], classes),
         "mistakes": mistakes_figure(mistakes),
         "curves": curves_figure(history),
+        "reliability": reliability_figure(history[-1]["test"]["calibration"]),
     }
     return [run_dir / "mistakes.json", *save_figures(figures, run_dir, writer, step)]
+
+
+def write_mistakes_cam(
+    run_dir: Path, mistakes: list[Mistake], checkpoint: Path, writer: Any = None, step: int = 0
+) -> list[Path]:
+    """At the end of training, with grad-cam installed: mistakes_cam.png (where the final weights,
+    `checkpoint`, looked for the class they chose and for the true class) in the run folder and in
+    TensorBoard; nothing for a model that cannot be explained."""
+    overlays = explain_checkpoint_mistakes(checkpoint, mistakes)
+    if overlays is None:
+        return []
+    return save_figures({"mistakes_cam": mistakes_cam_figure(mistakes, overlays)}, run_dir, writer, step)
+
+
+def explain_checkpoint_mistakes(
+    checkpoint: Path, mistakes: list[Mistake]
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """`explain_mistakes` with the model of `checkpoint` (the run's final weights), on the CPU: a
+    few pictures, not worth a device's set-up. None when it cannot be loaded or explained."""
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        return None
+    try:
+        model = load_for_inference(checkpoint, device="cpu", precision="fp32")
+        return explain_mistakes(model, mistakes)
+    except UserError as error:  # a model trained as an instance cannot be rebuilt from its file
+        logger.debug(f"no mistakes_cam.png: {error}")
+    except Exception as error:  # a figure must never fail a finished run; grad-cam meets odd models
+        logger.warning(
+            f"warning: mistakes_cam.png skipped: Grad-CAM failed ({type(error).__name__}: {error})"
+        )
+    return None
 
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:

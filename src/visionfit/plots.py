@@ -144,3 +144,79 @@ def save_figures(figures: dict[str, Figure], folder: Path, writer: Any = None, s
     if writer is not None:
         writer.flush()
     return paths
+
+
+def reliability_figure(calibration: dict[str, Any], before: dict[str, Any] | None = None) -> Figure:
+    """The reliability diagram of a calibration report (`engine.calibration`): per confidence bin,
+    the accuracy against the mean confidence (a calibrated model lies on the diagonal), with the
+    gap shaded and the share of samples per bin below; `before` (the undivided logits of a model
+    with a temperature) drawn as an outline for comparison."""
+    figure = _figure(5.5, 6.5)
+    grid = figure.add_gridspec(2, 1, height_ratios=(3, 1))
+    axes, counts_axes = figure.add_subplot(grid[0]), figure.add_subplot(grid[1])
+    bins = calibration["bins"]
+    width = 1 / len(bins["count"])
+    centres = np.arange(len(bins["count"])) * width + width / 2
+    filled = np.asarray(bins["count"]) > 0
+    accuracy, confidence = np.asarray(bins["accuracy"]), np.asarray(bins["confidence"])
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    if before is not None:
+        old_filled = np.asarray(before["bins"]["count"]) > 0
+        axes.bar(
+            centres[old_filled],
+            np.asarray(before["bins"]["accuracy"])[old_filled],
+            width=width,
+            fill=False,
+            edgecolor="tab:red",
+            label=f"before (ECE {before['ece']:.1%})",
+        )
+    label = "after" if before is not None else "accuracy"
+    axes.bar(
+        centres[filled],
+        accuracy[filled],
+        width=width,
+        color="tab:blue",
+        alpha=0.7,
+        edgecolor="white",
+        label=f"{label} (ECE {calibration['ece']:.1%})",
+    )
+    axes.bar(
+        centres[filled],
+        (confidence - accuracy)[filled],
+        bottom=accuracy[filled],
+        width=width,
+        color="tab:orange",
+        alpha=0.35,
+        label="gap to the mean confidence",
+    )
+    axes.set(title="reliability diagram", xlabel="confidence (top-class probability)", ylabel="accuracy")
+    axes.set(xlim=(0, 1), ylim=(0, 1))
+    axes.legend(loc="upper left", fontsize=8)
+    total = max(1, int(np.sum(bins["count"])))
+    counts_axes.bar(centres, np.asarray(bins["count"]) / total, width=width, color="tab:blue", alpha=0.7)
+    counts_axes.set(xlim=(0, 1), xlabel="confidence", ylabel="share of samples")
+    for item in (axes, counts_axes):
+        item.grid(alpha=0.3)
+    return figure
+
+
+def mistakes_cam_figure(mistakes: list[Mistake], overlays: list[tuple[torch.Tensor, torch.Tensor]]) -> Figure:
+    """The worst mistakes, one row each: the picture, where the model looked for the class it chose,
+    and where it looked for the true class (Grad-CAM overlays, uint8 (H, W, 3))."""
+    rows = max(1, len(overlays))
+    figure = _figure(7.5, 2.5 * rows)
+    if not overlays:
+        figure.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        return figure
+    for row, (mistake, (chosen, true)) in enumerate(zip(mistakes, overlays, strict=False)):
+        panels = (
+            (mistake.image.permute(1, 2, 0).numpy(), f"{mistake.source[-28:]}"),
+            (chosen.numpy(), f"looked for {mistake.predicted_class} ({mistake.probability:.0%})"),
+            (true.numpy(), f"looked for {mistake.true_class} (true)"),
+        )
+        for column, (pixels, title) in enumerate(panels, start=1):
+            axes = figure.add_subplot(rows, 3, row * 3 + column)
+            axes.imshow(pixels, interpolation="nearest" if column == 1 else "bilinear")
+            axes.set_title(title, fontsize=8)
+            axes.axis("off")
+    return figure

@@ -339,12 +339,33 @@ def guarded_fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any
         raise
 
 
+def calibrate_on_validation(run: TrainingRun) -> None:
+    """With a validation split in the held-out place (the epochs' view of data that have one) and
+    --calibrate (the default): the temperature of the best and last checkpoints, fitted on it."""
+    if not run.config.calibrate or getattr(run.data, "held_out", "test") != "val":
+        return
+    from visionfit.calibrating import calibrate_run_checkpoints
+
+    folder = run.checkpoints.folder
+    result = calibrate_run_checkpoints(
+        [folder / "best.safetensors", run.checkpoints.last],
+        run.data.test,
+        "validation split",
+        device=run.config.device,
+    )
+    if result is not None:
+        logger.info(
+            f"calibrated on the validation split: temperature {result.temperature:.3f}, ECE "
+            f"{result.before['ece']:.2%} -> {result.after['ece']:.2%} (--no-calibrate to skip)"
+        )
+
+
 def finish(
     run: TrainingRun, state: TrainState, history: list[dict[str, Any]], last_test: Evaluation | None
 ) -> TrainResult:
     """The end-of-run plots (rank 0, from the last epoch's test), the hparams summary, the finished
     status and the last epoch's table."""
-    from visionfit.evaluation import collect_mistakes, write_training_plots
+    from visionfit.evaluation import collect_mistakes, write_mistakes_cam, write_training_plots
 
     config, run_dir, classes = run.config, run.checkpoints.folder.parent, run.data.classes
     if last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
@@ -356,9 +377,11 @@ def finish(
         run.events.close()
         return result
     assert predictions is not None  # rank 0 holds every rank's predictions
+    calibrate_on_validation(run)
     writer, step = run.events.writer, state.global_step
     mistakes = collect_mistakes(predictions, run.data.test, classes, run.preprocess)
     write_training_plots(run_dir, history, mistakes, classes, writer, step)
+    write_mistakes_cam(run_dir, mistakes, run.checkpoints.last, writer, step)
     hyperparameters = {
         key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")
     }

@@ -1,9 +1,9 @@
 """The `visionfit` command: parse, build a config, call the library.
 
-One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `predict`, `importing`
-for import, `export`, `serve`, `doctor`), each with `add_parser` and the `run` it sets as the parser's
-handler. Torch (and onnx, FastAPI) are imported only inside the handlers, so `visionfit --help`
-answers at once.
+One module per subcommand (`train`, `models`, `recipes`, `evaluate` for eval, `calibrate`, `predict`,
+`explain`, `importing` for import, `export`, `serve`, `doctor`), each with `add_parser` and the `run`
+it sets as the parser's handler. Torch (and onnx, FastAPI) are imported only inside the handlers, so
+`visionfit --help` answers at once.
 """
 
 from __future__ import annotations
@@ -14,10 +14,34 @@ import os
 import sys
 from collections.abc import Sequence
 
-from visionfit.cli import doctor, evaluate, export, importing, models, predict, recipes, serve, train
+from visionfit.cli import (
+    calibrate,
+    doctor,
+    evaluate,
+    explain,
+    export,
+    importing,
+    models,
+    predict,
+    recipes,
+    serve,
+    train,
+)
 from visionfit.errors import UserError
 
-SUBCOMMANDS = (train, models, recipes, evaluate, predict, importing, export, serve, doctor)
+SUBCOMMANDS = (
+    train,
+    models,
+    recipes,
+    evaluate,
+    calibrate,
+    predict,
+    explain,
+    importing,
+    export,
+    serve,
+    doctor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="write metrics.json, confusion_matrix.csv, confusion_matrix.png and mistakes.png here",
+        help="write metrics.json, confusion_matrix.csv, confusion_matrix.png, mistakes.png and "
+        "reliability.png here",
     )
     parser.add_argument("--batch-size", type=positive, default=256, help="(default: 256)")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
@@ -58,6 +59,12 @@ def run(arguments: argparse.Namespace) -> int:
     )
     print(f"{result.checkpoint} on the {result.description}")
     print(format_report(result.report, result.classes))
+    if result.uncalibrated is not None:
+        print(
+            f"temperature {result.temperature:.3f}: ECE {result.uncalibrated['ece']:.2%} before, "
+            f"{result.report['calibration']['ece']:.2%} after (NLL {result.uncalibrated['nll']:.4f} → "
+            f"{result.report['calibration']['nll']:.4f})"
+        )
     print()
     print(format_confusion(result.report["confusion_matrix"], result.classes))
     if arguments.out:

@@ -314,6 +314,12 @@ class TrainConfig:
         False, "also keep one checkpoint per epoch (epoch_NNN), like the tutorial", "run"
     )
     tensorboard: bool = option(True, "write TensorBoard event files", "run")
+    calibrate: bool = option(
+        True,
+        "with a validation split: fit the checkpoints' temperature on it at the end of the run "
+        "(as visionfit calibrate --split val)",
+        "run",
+    )
     sync_bn: bool = option(
         False, "several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)", "run"
     )

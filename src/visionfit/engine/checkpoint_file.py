@@ -59,6 +59,11 @@ class Checkpoint:
         return bool(self.metadata.get("config", {}).get("test_time_flip", False))
 
     @property
+    def temperature(self) -> float:
+        """The temperature `visionfit calibrate` (or training's end) fitted on validation data; 1: none."""
+        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+    @property
     def test_time_shift(self) -> int:
         """The shift in pixels of training's test-time augmentation (0: none)."""
         return int(self.metadata.get("config", {}).get("test_time_shift", 0))

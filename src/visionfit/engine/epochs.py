@@ -224,7 +224,7 @@ def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
     report = record["test"]
     tested = (
         f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
-        f"macro F1 {report['macro']['f1']:.3f}  "
+        f"macro F1 {report['macro']['f1']:.3f}  ECE {report['calibration']['ece']:.2%}  "
         if report is not None
         else ""
     )

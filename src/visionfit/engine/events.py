@@ -63,6 +63,8 @@ class RunEvents:
         for average in ("macro", "weighted"):
             for name, value in test[average].items():
                 self.writer.add_scalar(f"test/{average}_{name}", value, step)
+        for name in ("ece", "mce", "nll", "brier"):  # calibration: are the probabilities right?
+            self.writer.add_scalar(f"test_calibration/{name}", test["calibration"][name], step)
         for class_name, values in test["per_class"].items():
             for name in ("precision", "recall", "f1"):
                 self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], step)

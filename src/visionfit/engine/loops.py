@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionfit.distributed import all_finite
+from visionfit.engine.calibration import CalibrationSums
 from visionfit.engine.metrics import MetricSums, Predictions
 from visionfit.runtime import Runtime
 
@@ -163,10 +164,14 @@ class Classifier:
 @dataclass
 class Evaluation:
     """What one pass over a test set measured: the summed metrics and, when kept, every sample's
-    prediction (this process's share of the samples)."""
+    prediction (this process's share of the samples); with a temperature, the calibration of the
+    undivided logits (`uncalibrated`); with `keep_logits`, the measured logits and true classes."""
 
     sums: MetricSums
     predictions: Predictions | None = None
+    uncalibrated: CalibrationSums | None = None
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
 
 @torch.inference_mode()
@@ -176,16 +181,31 @@ def evaluate(
     num_classes: int,
     *,
     keep_predictions: bool = False,
+    temperature: float = 1.0,
+    keep_logits: bool = False,
 ) -> Evaluation:
-    """Classify every `(images, labels, sample indices)` batch and sum loss, hits and the confusion
-    matrix; with `keep_predictions`, also keep each sample's predicted class and probability."""
+    """Classify every `(images, labels, sample indices)` batch and sum loss, hits, the confusion
+    matrix and the calibration sums; with `keep_predictions`, also keep each sample's predicted
+    class and probability. `temperature` divides the classifier's logits before anything is
+    measured (a calibrated model); the undivided logits' calibration is then kept as well, so a
+    report can show it before and after. `keep_logits`: keep the (divided) logits and labels."""
     sums = MetricSums(num_classes)
-    kept = []
+    uncalibrated = CalibrationSums() if temperature != 1.0 else None
+    kept, kept_logits, kept_targets = [], [torch.zeros(0, num_classes)], [torch.zeros(0, dtype=torch.int64)]
     for images, labels, indices in batches:
         logits = classifier(images)
         labels = labels.to(logits.device)
+        if uncalibrated is not None:
+            uncalibrated.update(logits, labels)
+            logits = logits / temperature
         sums.update(logits, labels, float(F.cross_entropy(logits, labels, reduction="sum")))
         if keep_predictions:
             probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
             kept.append((indices.cpu(), labels.cpu(), predicted.cpu(), probability.cpu()))
-    return Evaluation(sums, Predictions.from_batches(kept) if keep_predictions else None)
+        if keep_logits:
+            kept_logits.append(logits.cpu())
+            kept_targets.append(labels.cpu().to(torch.int64))
+    evaluation = Evaluation(sums, Predictions.from_batches(kept) if keep_predictions else None, uncalibrated)
+    if keep_logits:
+        evaluation.logits, evaluation.targets = torch.cat(kept_logits), torch.cat(kept_targets)
+    return evaluation

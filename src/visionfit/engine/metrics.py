@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from visionfit.distributed import sum_across
+from visionfit.engine.calibration import CalibrationSums, format_calibration
 
 
 @dataclass
@@ -22,6 +23,7 @@ class MetricSums:
     confusion: torch.Tensor = field(init=False)  # rows: true class, columns: predicted class
     loss_sum: float = 0.0
     top5_correct: int = 0
+    calibration: CalibrationSums = field(default_factory=CalibrationSums)
 
     def __post_init__(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
@@ -41,6 +43,7 @@ class MetricSums:
         top = logits.topk(k, dim=1).indices
         self.top5_correct += int((top == targets.unsqueeze(1)).any(dim=1).sum())
         self.loss_sum += float(loss_sum)
+        self.calibration.update(logits, targets)
 
     def across_processes(self) -> MetricSums:
         """Every process's sums added up: the totals of the whole test set, when each process
@@ -50,12 +53,16 @@ class MetricSums:
         scalars = sum_across(torch.tensor([self.loss_sum, float(self.top5_correct)], dtype=torch.float64))
         total.loss_sum = float(scalars[0])
         total.top5_correct = round(float(scalars[1]))
+        total.calibration = self.calibration.across_processes()
         return total
 
     def report(self, classes: list[str]) -> dict[str, Any]:
-        return classification_report(
+        """`classification_report` of the sums, with the calibration metrics under "calibration"."""
+        report = classification_report(
             self.confusion, classes, loss_sum=self.loss_sum, top5_correct=self.top5_correct
         )
+        report["calibration"] = self.calibration.report()
+        return report
 
 
 @dataclass
@@ -183,4 +190,6 @@ def format_report(report: dict[str, Any], classes: list[str]) -> str:
     if "loss" in report:
         summary += f"  loss {report['loss']:.4f}"
     lines.append(summary)
+    if "calibration" in report:
+        lines.append(f"{'calibration':>{width}}  {format_calibration(report['calibration'])}")
     return "\n".join(lines)

@@ -40,16 +40,20 @@ TRACE_BATCH = 2
 
 class NormalizedClassifier(nn.Module):
     """What an exported graph computes: float RGB in [0, 1] → the checkpoint's mean/std
-    normalisation → the network → logits, and their softmax as probabilities."""
+    normalisation → the network → logits (divided by the checkpoint's temperature, when it was
+    calibrated), and their softmax as probabilities."""
 
-    def __init__(self, network: nn.Module, preprocess: Preprocess) -> None:
+    def __init__(self, network: nn.Module, preprocess: Preprocess, temperature: float = 1.0) -> None:
         super().__init__()
         self.network = network
+        self.temperature = temperature
         self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network((pixels - self.mean) / self.std)
+        if self.temperature != 1.0:  # a constant of the graph: no division op in uncalibrated files
+            logits = logits / self.temperature
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -161,6 +165,12 @@ def export_properties(model: InferenceModel, opset: int) -> dict[str, Any]:
         "resize": resize_record(preprocess),
         "normalization": {"mean": list(preprocess.mean), "std": list(preprocess.std), "in_graph": True},
         "outputs": {"logits": ["batch", len(model.classes)], "probabilities": "softmax of logits"},
+        # Temperature scaling (`visionfit calibrate`): the graph's logits are already divided by it.
+        "calibration": {
+            **metadata.get("calibration", {}),
+            "temperature": model.temperature,
+            "in_graph": True,
+        },
         "model": {key: record[key] for key in ("name", "args", "num_classes") if key in record},
         "test_time_augmentation": {"flip": model.flip, "shift": model.shift, "in_graph": False},
         "source_checkpoint": {

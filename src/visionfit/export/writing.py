@@ -148,7 +148,7 @@ def export_onnx(
     out_path = Path(out).expanduser() if out is not None else default_out(model.source, options.quantize)
     check_options(out_path, options)
     data = local_data(model, options)
-    wrapper = NormalizedClassifier(model.model, model.preprocess).eval()
+    wrapper = NormalizedClassifier(model.model, model.preprocess, model.temperature).eval()
     proto, opset_used, seconds = traced_with_metadata(model, wrapper, options.opset)
     pixels, images = verification_images(data, model.preprocess)
     results: dict[str, Any] = {}

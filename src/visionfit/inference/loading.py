@@ -63,6 +63,8 @@ def load_for_inference(
     if Path(source).suffix.lower() == ".onnx":
         if model is not None:
             raise UserError(f"{source} is an ONNX file; model= is for checkpoints of instances")
+        if not options.calibrated:
+            raise UserError(f"{source} is an ONNX file; calibrate its checkpoint, then export it again")
         from visionfit.inference.onnx_runtime import load_onnx  # onnxruntime is an optional extra
 
         return load_onnx(source, options)
@@ -82,4 +84,5 @@ def load_for_inference(
         shift=checkpoint.test_time_shift if options.shift is None else options.shift,
         source=checkpoint.path,
         metadata=checkpoint.metadata,
+        temperature=checkpoint.temperature if options.calibrated else 1.0,
     )

@@ -43,10 +43,15 @@ class InferenceModel:
     source: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
-    classifier: Classifier = field(init=False, repr=False)
+    # Temperature scaling (`visionfit calibrate`): the network's logits are divided by it. 1 for an
+    # uncalibrated model, and for an export, whose graph divides by its temperature itself.
+    temperature: float = 1.0
+    classifier: Classifier = field(init=False, repr=False)  # the undivided logits
 
     def __post_init__(self) -> None:
         check_test_time_shift(self.shift, self.preprocess.input_size)
+        if not self.temperature > 0:
+            raise UserError(f"{self.source}: the temperature must be positive, got {self.temperature}")
         if self.prepare is None:
             self.prepare = Normalize(self.preprocess, self.runtime.device, self.runtime.channels_last)
         self.classifier = Classifier(
@@ -62,8 +67,10 @@ class InferenceModel:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, classes) on the device for a batch of pictures at the input size:
-        uint8 (N, 3, S, S), or float on the same 0–255 scale."""
-        return self.classifier(images)
+        uint8 (N, 3, S, S), or float on the same 0–255 scale; divided by the temperature, so that
+        their softmax is the calibrated probabilities."""
+        logits = self.classifier(images)
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, classes) on the CPU."""

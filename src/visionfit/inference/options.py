@@ -33,6 +33,9 @@ class InferenceOptions:
     model_code: str = "recorded"
     classes: Sequence[str] | None = None
     input_size: int | None = None
+    # Temperature scaling: a calibrated checkpoint's logits are divided by its temperature; False
+    # gives the network's own (what `visionfit calibrate` fits on). An export divides in its graph.
+    calibrated: bool = True
 
     def __post_init__(self) -> None:
         if self.model_code not in MODEL_CODE_POLICIES:

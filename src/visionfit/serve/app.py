@@ -1,6 +1,7 @@
 """The HTTP service: `create_app(model)` makes the FastAPI app that `visionfit serve` runs.
 
     POST /predict   images (multipart files, or one image as the body) → `predict --json`'s records
+    POST /explain   the same, each record with the picture and its Grad-CAM map as a PNG data URL
     GET  /info      the model: name, classes, input size, preprocessing, hash, test accuracy
     GET  /health    {"status": "ok"} while the service runs
     GET  /          a page to try the model; /docs and /openapi.json: the API, as FastAPI describes it
@@ -33,6 +34,7 @@ from visionfit.inference.model import InferenceModel
 from visionfit.models.record import ModelRecord
 from visionfit.prediction import Prediction, Predictor, prediction_record
 from visionfit.serve.batching import Batcher
+from visionfit.serve.explanations import ServedExplanations
 from visionfit.serve.limits import MEGABYTE, Refused, ServeLimits, decode_upload
 from visionfit.serve.security import SecurityHeaders, check_api_key, docs_page
 
@@ -71,6 +73,7 @@ class Service:
             model.probabilities, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms
         )
         self.decoders: ThreadPoolExecutor | None = None
+        self.explanations = ServedExplanations(model)
         self.in_flight = 0  # requests admitted to /predict; only the event loop's thread changes it
 
     @contextlib.asynccontextmanager
@@ -87,6 +90,16 @@ class Service:
             self.decoders.shutdown(wait=True)
 
     async def classify(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
+        decoded = await self.decode(uploads)
+        rows = await self.batcher.submit(decoded)
+        tops = self.predictor.top_k(torch.stack(rows), top_k)
+        return [
+            prediction_record(Prediction(name, top)) for (name, _), top in zip(uploads, tops, strict=True)
+        ]
+
+    async def decode(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        """The uploads as the model's pixels, decoded on the decoding threads; the first refused
+        file, in the request's order, answers for all."""
         loop = asyncio.get_running_loop()
         preprocess = self.model.preprocess
         decoded = await asyncio.gather(
@@ -96,14 +109,10 @@ class Service:
             ),
             return_exceptions=True,
         )
-        for result in decoded:  # the first refused file, in the request's order, answers for all
+        for result in decoded:
             if isinstance(result, BaseException):
                 raise result
-        rows = await self.batcher.submit(decoded)  # type: ignore[arg-type]
-        tops = self.predictor.top_k(torch.stack(rows), top_k)
-        return [
-            prediction_record(Prediction(name, top)) for (name, _), top in zip(uploads, tops, strict=True)
-        ]
+        return decoded  # type: ignore[return-value]
 
     def info(self) -> dict[str, Any]:
         metadata = self.model.metadata
@@ -154,6 +163,31 @@ async def predict(
     try:
         uploads = await read_uploads(request, service.limits)
         return JSONResponse(await service.classify(uploads, top_k))
+    finally:
+        service.in_flight -= 1
+
+
+@router.post("/explain", openapi_extra=UPLOAD_BODY, summary="Classify images and show where the model looked")
+async def explain(
+    request: Request,
+    top_k: int = Query(3, ge=1, description="classes per image, most probable first"),
+    class_name: str | None = Query(
+        None, alias="class", description="explain this class (default: the predicted one)"
+    ),
+) -> JSONResponse:
+    """/predict's records, each with `explained` (the class its map shows) and `overlay` (a PNG
+    data URL: the picture with its Grad-CAM map). Same limits and key as /predict; 501 for a model
+    that cannot be explained (an ONNX export: explanations need the checkpoint)."""
+    service = _service(request)
+    check_api_key(request, service.api_key)
+    if service.in_flight >= service.limits.max_queue:
+        raise Refused(503, f"busy: {service.limits.max_queue} requests are being served (--max-queue); retry")
+    service.in_flight += 1
+    try:
+        uploads = await read_uploads(request, service.limits)
+        pixels = await service.decode(uploads)
+        names = [name for name, _ in uploads]
+        return JSONResponse(await service.explanations.answer(names, pixels, top_k, class_name))
     finally:
         service.in_flight -= 1
 

@@ -98,6 +98,54 @@ function makeCard(file) {
   return card;
 }
 
+// The "why?" toggle: the first press asks /explain for the picture with its Grad-CAM map (where the
+// model looked for the class it chose); later presses show or hide it. The map comes as a PNG data
+// URL and is shown through a blob: URL, which the page's Content-Security-Policy allows.
+function pngBlobUrl(dataUrl) {
+  const bytes = Uint8Array.from(atob(dataUrl.split(",")[1]), (character) => character.charCodeAt(0));
+  return URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+}
+
+async function fetchExplanation(file, box) {
+  const body = new FormData();
+  body.append("files", file, file.name);
+  let response;
+  try {
+    response = await fetch("explain?top_k=" + TOP_K, { method: "POST", body, headers: authHeaders() });
+  } catch (error) {
+    box.replaceChildren(make("p", "error", "The server could not be reached."));
+    return;
+  }
+  const data = await readJson(response);
+  if (!response.ok || !Array.isArray(data)) {
+    box.replaceChildren(make("p", "error", "No explanation: " + refusalText(response, data)));
+    return;
+  }
+  const overlay = make("img", "overlay");
+  overlay.alt = "Where the model looked for " + data[0].explained;
+  overlay.src = pngBlobUrl(data[0].overlay);
+  box.replaceChildren(overlay, make("p", "overlay-caption", "Where the model looked for " + data[0].explained));
+}
+
+function addWhyToggle(card, file) {
+  const button = make("button", "why", "why?");
+  button.type = "button";
+  button.setAttribute("aria-pressed", "false");
+  const box = make("div", "explanation");
+  box.hidden = true;
+  button.addEventListener("click", () => {
+    const showing = button.getAttribute("aria-pressed") === "true";
+    button.setAttribute("aria-pressed", showing ? "false" : "true");
+    box.hidden = showing;
+    if (!showing && !box.dataset.loaded) {
+      box.dataset.loaded = "yes";
+      box.replaceChildren(make("p", "pending", "Explaining…"));
+      fetchExplanation(file, box);
+    }
+  });
+  card.append(button, box);
+}
+
 function showPrediction(card, record) {
   const list = make("ol", "classes");
   list.setAttribute("aria-label", "Top classes");
@@ -141,6 +189,7 @@ async function classify(file, card) {
     return false;
   }
   showPrediction(card, data[0]);
+  addWhyToggle(card, file);
   return true;
 }
 
