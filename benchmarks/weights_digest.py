@@ -43,6 +43,16 @@ RUNS: dict[str, str] = {
     "--model resnet18 --input-size 72 --epochs 2 --batch-size 8 --workers 0",
     "large folder at 72 px, loader path, no augmentation": "--dataset folder --data-dir {large} "
     "--model resnet18 --input-size 72 --epochs 2 --batch-size 8 --workers 0 --no-augment",
+    # The four runs of issue 20 (a)-(d): behaviour unchanged through the architecture step.
+    "issue 20 (a): --recipe fast, 2 epochs, bundled sample": "--recipe fast --dataset cifar10-sample "
+    "--epochs 2 --model-arg width=16",
+    "issue 20 (b): frozen resnet18 on a small folder, feature cache": "--dataset folder --data-dir {large} "
+    "--model resnet18 --input-size 64 --freeze backbone --epochs 2 --batch-size 8 --workers 0",
+    "issue 20 (c): --ema --mixup --cutmix --auto-augment trivialwide": "--dataset folder --data-dir "
+    "{small} --model cifar10-quick --input-size 32 --epochs 2 --batch-size 8 --ema 0.9 --mixup 0.2 "
+    "--cutmix 1.0 --auto-augment trivialwide",
+    "issue 20 (d): 2 gloo processes (torchrun), small folder": "--dataset folder --data-dir {small} "
+    "--model cifar10-quick --input-size 32 --epochs 2 --batch-size 8 --workers 0 --nproc 2",
 }
 
 

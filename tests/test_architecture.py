@@ -1,7 +1,7 @@
 """The layout's own rules, checked on the source: no import cycles between visionfit's modules
 (counting imports inside functions and under TYPE_CHECKING too: a cycle there is still two modules
-that need each other), no private name imported from another module, and a CLI that starts
-without torch."""
+that need each other), packages that import only downward through the layers (and no cycle between
+packages), no private name imported from another module, and a CLI that starts without torch."""
 
 from __future__ import annotations
 
@@ -86,6 +86,78 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+# The layers, top to bottom (ARCHITECTURE.md draws them): a package may import its own layer's
+# packages or lower ones, never a higher one. A top-level module or package of visionfit is named
+# here by its first name under visionfit ("data" for visionfit.data.memory); the root package
+# ("visionfit": `__version__` and the lazy public names) imports nothing.
+LAYERS: list[set[str]] = [
+    {"__main__", "cli"},
+    {"serve", "tune", "doctor", "launch"},
+    {"training"},
+    {
+        "inference",
+        "inference_model",
+        "prediction",
+        "evaluation",
+        "calibration",
+        "explain",
+        "serialization",
+        "importing",
+        "export",
+        "onnx_checks",
+        "onnx_model",
+        "quantization",
+        "plots",
+    },
+    {"engine"},
+    {"runtime", "distributed"},
+    {"config", "recipes"},
+    {"data", "models"},
+    {"visionfit", "errors", "choices", "paths", "console"},
+]
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Which package imports which, from the module graph (a package's own imports left out)."""
+    packages: dict[str, set[str]] = {package_of(name): set() for name in graph}
+    for name, targets in graph.items():
+        packages[package_of(name)] |= {package_of(target) for target in targets} - {package_of(name)}
+    return packages
+
+
+def upward_edges(packages: dict[str, set[str]], layers: list[set[str]]) -> list[str]:
+    """'a -> b' for every import of a package in a higher layer, and 'a: in no layer' for a package
+    the layers do not place."""
+    depth = {package: level for level, members in enumerate(layers) for package in members}
+    problems = [f"{package}: in no layer (add it to LAYERS)" for package in packages if package not in depth]
+    problems += [
+        f"{package} -> {target}"
+        for package, targets in packages.items()
+        for target in sorted(targets)
+        if package in depth and target in depth and depth[target] < depth[package]
+    ]
+    return sorted(problems)
+
+
+def test_packages_import_only_downward_and_have_no_cycles():
+    packages = package_graph(import_graph())
+    assert {"data", "models", "config", "engine", "training", "cli"} <= set(packages)
+    assert upward_edges(packages, LAYERS) == []
+    assert cycles(packages) == []
+
+
+def test_the_layer_check_finds_an_upward_edge_and_an_unplaced_package():
+    packages = {"data": {"config"}, "config": {"data"}, "cli": {"config"}, "new": set()}
+    layers = [{"cli"}, {"config"}, {"data"}]
+    assert upward_edges(packages, layers) == ["data -> config", "new: in no layer (add it to LAYERS)"]
+    assert cycles(packages) == [["config", "data"]]
 
 
 def test_the_module_graph_has_no_cycles():

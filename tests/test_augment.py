@@ -13,9 +13,9 @@ from test_batches import CPU, PREPROCESS, batches_of, random_samples
 from visionfit.config import TrainConfig
 from visionfit.config.validation import check_config
 from visionfit.data.augment import CropAndFlip, Normalize
-from visionfit.data.batches import optional_augmentations
 from visionfit.data.order import epoch_order
 from visionfit.data.policies import ERASING_SCALE, AutoAugment, LabelMixing, RandomErasing
+from visionfit.engine.batches import optional_augmentations
 from visionfit.errors import UserError
 
 ALL_ON = {"auto_augment": "trivialwide", "random_erasing": 0.5, "mixup": 0.4, "cutmix": 1.0}

@@ -14,12 +14,12 @@ import visionfit.data.decoded as decoded
 import visionfit.data.memory as memory
 from visionfit.config import TrainConfig
 from visionfit.data.augment import CropAndFlip, crop_and_flip, reflect_pad
-from visionfit.data.batches import create_batches
 from visionfit.data.folder import load_folder
 from visionfit.data.memory import choose_data_path
 from visionfit.data.registry import DataSplits
 from visionfit.data.samples import ArraySamples
 from visionfit.data.transforms import Preprocess
+from visionfit.engine.batches import RunData, create_batches
 from visionfit.errors import UserError
 from visionfit.runtime import Runtime
 
@@ -48,14 +48,7 @@ def batches_of(
     settings.update(options)
     data = DataSplits("test", ["a", "b", "c", "d"], train, test if test is not None else train, "")
     runtime = Runtime(CPU, channels_last=channels_last)
-    return create_batches(
-        TrainConfig(**settings),
-        runtime,
-        data,
-        PREPROCESS,
-        path,
-        notify=lambda _: None,
-    )
+    return create_batches(RunData(TrainConfig(**settings), runtime, data, PREPROCESS, path, lambda _: None))
 
 
 @pytest.mark.parametrize("augment", [False, True])

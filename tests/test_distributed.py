@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from visionfit.cli import main
 from visionfit.config.validation import check_setup
 from visionfit.data.loaders import EpochBatchSampler
-from visionfit.distributed import all_finite, broadcast_from_main, count_across, shard
+from visionfit.data.order import EpochOrder, shard
+from visionfit.distributed import all_finite, broadcast_from_main, count_across
 from visionfit.engine.checkpoint_file import load_checkpoint
 from visionfit.engine.metrics import MetricSums
 from visionfit.engine.resume import restart_target
@@ -39,7 +40,7 @@ def test_shards_are_disjoint_and_together_are_the_whole_batch():
 def test_each_rank_gets_its_share_of_the_same_global_batches():
     def batches(rank: int, world_size: int, start: int = 0) -> list[list[tuple[int, int, int]]]:
         sampler = EpochBatchSampler(
-            23, 8, shuffle=True, seed=3, drop_last=False, rank=rank, world_size=world_size
+            EpochOrder(23, 8, shuffle=True, seed=3, drop_last=False, rank=rank, world_size=world_size)
         )
         sampler.set_epoch(2, start_batch=start)
         assert len(sampler) == sampler.batches_per_epoch() - start
@@ -57,13 +58,19 @@ def test_each_rank_gets_its_share_of_the_same_global_batches():
 
 def test_a_last_batch_too_small_to_share_is_dropped():
     # 17 = 2 x 8 + 1: one image cannot be split over 2 processes; 3 processes, 18 = 2 x 8 + 2 too.
-    assert EpochBatchSampler(17, 8, shuffle=False, seed=0, drop_last=False).batches_per_epoch() == 3
     assert (
-        EpochBatchSampler(17, 8, shuffle=False, seed=0, drop_last=False, world_size=2).batches_per_epoch()
+        EpochBatchSampler(EpochOrder(17, 8, shuffle=False, seed=0, drop_last=False)).batches_per_epoch() == 3
+    )
+    assert (
+        EpochBatchSampler(
+            EpochOrder(17, 8, shuffle=False, seed=0, drop_last=False, world_size=2)
+        ).batches_per_epoch()
         == 2
     )
     assert (
-        EpochBatchSampler(18, 8, shuffle=False, seed=0, drop_last=False, world_size=2).batches_per_epoch()
+        EpochBatchSampler(
+            EpochOrder(18, 8, shuffle=False, seed=0, drop_last=False, world_size=2)
+        ).batches_per_epoch()
         == 3
     )
 

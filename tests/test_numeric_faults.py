@@ -10,6 +10,7 @@ import torch
 from visionfit.cli import main
 from visionfit.data.loaders import SampleDataset
 from visionfit.engine.loops import train_steps
+from visionfit.engine.optim import Optimization
 from visionfit.runtime import Runtime
 from visionfit.training import train
 
@@ -104,10 +105,7 @@ def test_gradient_clipping_bounds_the_update():
         train_steps(
             model,
             [batch],
-            torch.nn.CrossEntropyLoss(),
-            optimizer,
-            scheduler,
-            runtime.grad_scaler(),
+            Optimization(torch.nn.CrossEntropyLoss(), optimizer, scheduler, runtime.grad_scaler()),
             runtime,
             clip_grad_norm=0.01,
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from visionfit.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECISION_HELP = (
     "auto: bf16 on CPUs with AVX512-BF16 or AMX and on GPUs that have it, fp16 on older GPUs, fp32 otherwise"
@@ -39,3 +41,9 @@ MAX_TEST_TIME_SHIFT = 4
 
 def is_device_name(name: str) -> bool:
     return bool(DEVICE_PATTERN.match(name))
+
+
+def check_device_name(name: str) -> None:
+    """A --device value of the right form, or a one-line error naming the valid ones."""
+    if not is_device_name(name):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,6 @@ from visionfit.console import logger
 from visionfit.errors import UserError
 
 T = TypeVar("T")
-Items = TypeVar("Items", bound=Sequence[Any])
 
 
 # torchrun keeps the addresses of a failed attempt's processes in the store it shares with the
@@ -116,16 +115,6 @@ def quiet_unless_main() -> None:
     """Only rank 0 prints progress and results; the others still print warnings and errors."""
     if not is_main():
         logger.setLevel(logging.WARNING)
-
-
-def shard(items: Items, rank: int, world_size: int) -> Items:
-    """This rank's part of a global batch (or of an index list): every `world_size`-th item from
-    `rank` on. The parts of all ranks are disjoint and together are exactly `items`, so the union
-    of what the ranks see is the same whatever the number of processes; sizes differ by at most
-    one. Works on lists, tuples, numpy arrays and tensors alike."""
-    if world_size == 1:
-        return items
-    return items[rank::world_size]  # type: ignore[return-value]
 
 
 def barrier() -> None:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from visionfit.choices import CHANNELS_LAST, PRECISIONS
-from visionfit.config.validation import check_device_name
+from visionfit.choices import CHANNELS_LAST, PRECISIONS, check_device_name
 from visionfit.distributed import joined_layout
 from visionfit.errors import UserError
 

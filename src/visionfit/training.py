@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionfit.config import TrainConfig, apply_overrides, config_from
+from visionfit.config import TrainConfig, apply_overrides
 from visionfit.config.validation import check_setup, low_res_side
 from visionfit.console import logger, setup_logging
-from visionfit.data.batches import create_batches, preview
+from visionfit.data.batches import preview
 from visionfit.data.exclusion import exclude_files, summarize_exclusions
 from visionfit.data.memory import choose_data_path
 from visionfit.data.registry import DataSplits, load_data
-from visionfit.data.scan import screen_images
+from visionfit.data.scan import find_bad_images_once, screen_images
 from visionfit.data.transforms import Preprocess
 from visionfit.distributed import (
     broadcast_from_main,
@@ -33,6 +33,7 @@ from visionfit.distributed import (
     quiet_unless_main,
     wrap_model,
 )
+from visionfit.engine.batches import RunData, create_batches
 from visionfit.engine.checkpointing import LAST, RunCheckpoints, has_weights
 from visionfit.engine.ema import WeightAverage
 from visionfit.engine.epochs import TrainingRun, fit, test
@@ -41,7 +42,7 @@ from visionfit.engine.features import frozen_features
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimization
-from visionfit.engine.resume import TRAIN_ARGUMENTS, ResumePlan, plan_resume, restart_target
+from visionfit.engine.resume import ResumePlan, find_run, plan_run
 from visionfit.engine.run_folder import create_run_folder, now, read_history, start_run_folder, write_status
 from visionfit.engine.state import TrainState
 from visionfit.errors import UserError
@@ -89,16 +90,21 @@ def train(
     `resume=RUN_DIR` continues that run from its last checkpoint, exactly where it stopped;
     `resume="auto"` continues the newest unfinished run with the same config, or starts one.
     """
-    setup_logging()
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
         overrides["model"] = class_reference(instance)
-    requested = config_from(config, overrides, TRAIN_ARGUMENTS)
-    started = init_processes(requested.dist_timeout)  # under torchrun: join the other processes
+    return run_training(plan_run(config, resume, overrides), instance)
+
+
+def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainResult:
+    """Train as a finished plan says (`engine.resume.plan_run`: its config validated, the config of
+    the run it continues read): nothing here checks the options again. `instance`: the user's own
+    `nn.Module` the config's model names."""
+    setup_logging()
+    started = init_processes(plan.config.dist_timeout)  # under torchrun: join the other processes
     quiet_unless_main()
-    resume = restart_target(resume, requested)
     # Rank 0 alone looks for the run to resume, so that every rank continues the same one.
-    plan = broadcast_from_main(lambda: plan_resume(config, resume, overrides))
+    plan = broadcast_from_main(lambda: find_run(plan))
     runtime = create_runtime(plan.config.device, plan.config.precision, plan.config.channels_last)
     configure_determinism(plan.config.deterministic)
     config, data, skipped = load_training_data(plan.config)
@@ -106,7 +112,8 @@ def train(
     data_path = check_run_setup(config, runtime, data, preprocess)
     seed_everything(config.seed)
     model = build_training_model(config, runtime, data, preprocess, instance, plan)
-    batches, test_batches = create_batches(config, runtime, data, preprocess, data_path, logger.info)
+    run_data = RunData(config, runtime, data, preprocess, data_path, logger.info)
+    batches, test_batches = create_batches(run_data)
     optimization = create_optimization(model, config, runtime, len(data.classes), batches.batches_per_epoch())
     run_dir = plan.folder or broadcast_from_main(
         lambda: create_run_folder(
@@ -123,7 +130,7 @@ def train(
     events = open_events(
         run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
     )
-    features = frozen_features(unwrap_model(model), config, runtime, data, preprocess, data_path, logger.info)
+    features = frozen_features(unwrap_model(model), run_data)
     parts = (data, preprocess, model, batches, test_batches, optimization, checkpoints, events, ema, features)
     run = TrainingRun(config, runtime, *parts)
     announce(run, plan, state, data_path)
@@ -150,7 +157,13 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
         data, excluded = exclude_files(data, config.exclude)
         kinds = summarize_exclusions(excluded)
         logger.info(f"leaving out {len(excluded)} file(s) listed in {config.exclude}: {kinds}")
-    data, skipped = screen_images(data, config.bad_images, logger.warning)
+    # One process decodes every file, and all agree on what it found.
+    data, skipped = screen_images(
+        data,
+        config.bad_images,
+        logger.warning,
+        check=lambda files: broadcast_from_main(lambda: find_bad_images_once(files)),
+    )
     skipped = excluded + skipped
     if not config.shuffle and data.train.in_class_order:
         logger.warning(

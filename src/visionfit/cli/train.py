@@ -7,13 +7,16 @@ import argparse
 import dataclasses
 import types
 import typing
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visionfit.cli.arguments import key_value
 from visionfit.config import TrainConfig, build_config, config_fields, flag_name, read_config_file
+from visionfit.config.fields import field_choices, field_help
 from visionfit.config.validation import check_global_batch
 from visionfit.errors import UserError
+
+if TYPE_CHECKING:
+    from visionfit.engine.resume import ResumePlan
 
 GROUP_TITLES = {"data": "data", "model": "model", "optimisation": "optimisation", "run": "run"}
 
@@ -65,14 +68,15 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         options: dict[str, Any] = {
             "dest": config_field.name,
             "default": argparse.SUPPRESS,
-            "help": config_field.metadata["help"],
+            "help": field_help(config_field),
         }
         if config_field.default not in (dataclasses.MISSING, None):
             options["help"] += f" (default: {config_field.default})"
         if config_field.metadata.get("metavar"):
             options["metavar"] = config_field.metadata["metavar"]
-        if config_field.metadata.get("choices"):
-            options["choices"] = config_field.metadata["choices"]
+        choices = field_choices(config_field)  # read now: the registries may have grown
+        if choices:
+            options["choices"] = choices
         if base is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is dict:
@@ -92,20 +96,27 @@ def run(arguments: argparse.Namespace) -> int:
     resume = values.pop("resume", None)
     if "model_args" in values:
         values["model_args"] = dict(values["model_args"])
-    if resume is not None and resume != "auto":
-        if config_path:
-            raise UserError("--resume RUN_DIR uses the run's own config; leave out --config")
-        config_path = Path(resume).expanduser() / "config.yaml"
-        if not config_path.is_file():
-            raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
-    file_values = read_config_file(config_path) if config_path else {}
-    config = build_config(file_values, values, file_name=str(config_path))
+    if resume is not None and resume != "auto" and config_path:
+        raise UserError("--resume RUN_DIR uses the run's own config; leave out --config")
+    plan = plan_from_flags(values, config_path, resume)
     if nproc is not None and nproc != 1:  # options checked above, once, before starting N processes
         from visionfit.launch import launch, strip_nproc
 
-        check_global_batch(config.batch_size, max(1, nproc))
+        check_global_batch(plan.config.batch_size, max(1, nproc))
         return launch(nproc, strip_nproc(command_line[command_line.index("train") + 1 :]))
-    from visionfit.training import train
+    from visionfit.training import run_training
 
-    train(config, resume=resume)
+    run_training(plan)
     return 0
+
+
+def plan_from_flags(values: dict[str, Any], config_path: str | None, resume: str | None) -> ResumePlan:
+    """The finished plan: the config layered defaults → recipe → --config FILE → flags, or with
+    --resume RUN_DIR the run's own config.yaml with the flags' changes; validated once."""
+    from visionfit.engine.resume import ResumePlan, plan_run  # torch: not for --help
+
+    if resume is not None and resume != "auto":
+        return plan_run(None, resume, values)
+    file_values = read_config_file(config_path) if config_path else {}
+    config = build_config(file_values, values, file_name=str(config_path))
+    return ResumePlan(config, search=resume == "auto")

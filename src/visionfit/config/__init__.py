@@ -35,6 +35,7 @@ __all__ = [
     "flag_name",
     "read_config_file",
     "save_config",
+    "saved_config",
 ]
 
 
@@ -130,12 +131,23 @@ def build_config(
     file_name: str = "config file",
     flags_name: str = "command-line flags",
 ) -> TrainConfig:
-    """Layer defaults → recipe → config file → flags, then validate.
+    """Layer defaults → recipe → config file → flags, then validate: a finished config."""
+    config = _layered(dict(file_values or {}), dict(flag_values or {}), file_name, flags_name)
+    check_config(config)
+    return config
 
-    The recipe is looked up first (a flag beats the file) so that the file and flags override it.
-    """
-    file_values = dict(file_values or {})
-    flag_values = dict(flag_values or {})
+
+def saved_config(values: dict[str, Any], source: str) -> TrainConfig:
+    """A run's config as it saved it, layered like a config file but not checked again: it was
+    checked when the run started, and a resumed run checks its config once, with its changes."""
+    return _layered(dict(values), {}, source, "")
+
+
+def _layered(
+    file_values: dict[str, Any], flag_values: dict[str, Any], file_name: str, flags_name: str
+) -> TrainConfig:
+    """Defaults → recipe → file → flags. The recipe is looked up first (a flag beats the file) so
+    that the file and flags override it."""
     recipe = flag_values.get("recipe", file_values.get("recipe"))
     if recipe is None:
         recipe = _default_recipe({**file_values, **flag_values})
@@ -148,9 +160,7 @@ def build_config(
             )
         config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
     config = apply_overrides(config, file_values, file_name)
-    config = apply_overrides(config, flag_values, flags_name)
-    check_config(config)
-    return config
+    return apply_overrides(config, flag_values, flags_name)
 
 
 def _default_recipe(values: dict[str, Any]) -> str | None:

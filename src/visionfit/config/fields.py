@@ -8,6 +8,7 @@ flag (`batch_size` ↔ `--batch-size`) and a line of the saved `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,20 +26,21 @@ from visionfit.choices import (
     PRECISIONS,
     SCHEDULERS,
 )
-from visionfit.data.registry import dataset_names, get_dataset
 from visionfit.recipes import recipe_names
 
 
 def option(
     default: Any,
-    help: str,
+    help: str | Callable[[], str],
     group: str,
     *,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
     metavar: str | None = None,
     flag: str | None = None,
 ) -> Any:
-    """A dataclass field with what the CLI needs to expose it."""
+    """A dataclass field with what the CLI needs to expose it. `help` and `choices` may be
+    functions, read each time they are needed: --dataset's come from the dataset registry, which
+    code may add to at run time."""
     metadata = {"help": help, "group": group, "choices": choices, "metavar": metavar, "flag": flag}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -52,9 +54,9 @@ class TrainConfig:
     # data
     dataset: str | None = option(
         None,
-        "; ".join(f"{name}: {get_dataset(name).description}" for name in dataset_names()),
+        lambda: "; ".join(f"{source.name}: {source.description}" for source in _datasets()),
         "data",
-        choices=dataset_names(),
+        choices=lambda: tuple(source.name for source in _datasets()),
     )
     data_dir: str | None = option(
         None,
@@ -334,6 +336,24 @@ class TrainConfig:
     @property
     def test_batch_size(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
+
+
+def _datasets() -> list[Any]:
+    from visionfit.data.registry import dataset_names, get_dataset
+
+    return [get_dataset(name) for name in dataset_names()]
+
+
+def field_help(config_field: dataclasses.Field[Any]) -> str:
+    """The option's help text, as of now."""
+    help = config_field.metadata["help"]
+    return help() if callable(help) else help
+
+
+def field_choices(config_field: dataclasses.Field[Any]) -> tuple[str, ...] | None:
+    """The option's valid values as of now (None: any value of its type)."""
+    choices = config_field.metadata.get("choices")
+    return choices() if callable(choices) else choices
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
-from visionfit.choices import MAX_TEST_TIME_SHIFT, is_device_name
-from visionfit.config.fields import TrainConfig
+from visionfit.choices import MAX_TEST_TIME_SHIFT, check_device_name
+from visionfit.config.fields import TrainConfig, field_choices, flag_name
 from visionfit.errors import UserError, did_you_mean
-
-
-def _flag(config_field: dataclasses.Field[Any]) -> str:
-    return config_field.metadata.get("flag") or "--" + config_field.name.replace("_", "-")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -31,19 +26,14 @@ def check_config(config: TrainConfig) -> None:
 
 def _check_choices(config: TrainConfig) -> None:
     for config_field in dataclasses.fields(config):
-        choices = config_field.metadata.get("choices")
         value = getattr(config, config_field.name)
-        if choices and value is not None and value not in choices:
+        choices = field_choices(config_field) if value is not None else None
+        if choices and value not in choices:
             raise UserError(
-                f"{_flag(config_field)} must be one of {', '.join(choices)}, "
+                f"{flag_name(config_field)} must be one of {', '.join(choices)}, "
                 f"got {value!r}{did_you_mean(str(value), choices)}"
             )
     check_device_name(config.device)
-
-
-def check_device_name(name: str) -> None:
-    if not is_device_name(name):
-        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def _check_counts(config: TrainConfig) -> None:

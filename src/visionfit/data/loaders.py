@@ -6,69 +6,34 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from visionfit.data.order import batch_positions, batches_in_epoch, epoch_order, sample_seed
+from visionfit.data.order import EpochOrder, FollowsOrder, sample_seed
 from visionfit.data.samples import Samples
 from visionfit.data.transforms import PictureReader
-from visionfit.distributed import shard
 
 # (sample index, seed of its per-sample random choices, position in the epoch's order)
 SampleKey = tuple[int, int, int]
 
 
-class EpochBatchSampler(Sampler[list[SampleKey]]):
-    """Batches of sample keys for one epoch at a time, in `epoch_order`.
+class EpochBatchSampler(FollowsOrder, Sampler[list[SampleKey]]):
+    """Batches of sample keys in the `order`'s walk: `set_epoch(e, start_batch=k)` continues a
+    half-finished epoch at batch k, and with several processes each yields only its rank's share
+    of every global batch, so the data seen per step does not depend on their number."""
 
-    `set_epoch(e, start_batch=k)` continues a half-finished epoch at batch k. `batch_size` is the
-    global batch: with several processes, each yields only its `rank`'s share of every batch
-    (`distributed.shard`), so the data seen per step does not depend on their number.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def batches_per_epoch(self) -> int:
-        return batches_in_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size)
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch() - self.start_batch)
+    def __init__(self, order: EpochOrder) -> None:
+        self.order = order
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
-        for batch in range(self.start_batch, self.batches_per_epoch()):
-            positions = shard(
-                batch_positions(batch, self.batch_size, self.num_samples), self.rank, self.world_size
-            )
+        seed, epoch = self.order.seed, self.order.epoch
+        for indices, positions in self.order:
             yield [
-                (index, sample_seed(self.seed, self.epoch, index), position)
-                for index, position in zip(order[positions].tolist(), positions.tolist(), strict=True)
+                (index, sample_seed(seed, epoch, index), position)
+                for index, position in zip(indices.tolist(), positions.tolist(), strict=True)
             ]
 
 
@@ -135,16 +100,15 @@ def eval_loader(
     batch_size: int,
     workers: int,
     device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
+    indices: Sequence[int] | None = None,
 ) -> DataLoader[Any]:
-    """uint8 batches `(images, labels, indices)` in file order; with several processes each takes
-    its own share of the samples (no padding, so that every sample is counted exactly once when the
-    sums are added up)."""
+    """uint8 batches `(images, labels, indices)` in file order, of the samples at `indices` (all by
+    default; with several processes each passes its own `order.shard` of them, without padding, so
+    that every sample is counted exactly once when the sums are added up)."""
     return DataLoader(
         SampleDataset(samples, reader),
         batch_size=batch_size,
-        sampler=shard(range(len(samples)), rank, world_size),
+        sampler=range(len(samples)) if indices is None else indices,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import torch
 
-from visionfit.data.order import batch_positions, batches_in_epoch, epoch_order
+from visionfit.data.order import EpochOrder, FollowsOrder, shard
 from visionfit.data.samples import Samples
 from visionfit.data.transforms import SMALL_IMAGE_SIDE, Preprocess
-from visionfit.distributed import shard
 from visionfit.errors import UserError
 
 # Above this many bytes of decoded uint8 images (train and test together), --data-path auto keeps
@@ -54,9 +53,9 @@ def choose_data_path(requested: str, train: Samples, test: Samples, preprocess: 
     return "loader"
 
 
-class MemoryBatches:
-    """uint8 batches `(images, labels, positions)` cut from images held on the device, in
-    `epoch_order`; `batch_size` is the global batch and each process takes its share of it.
+class MemoryBatches(FollowsOrder):
+    """uint8 batches `(images, labels, positions)` cut from images held on the device, in the
+    `order`'s walk (whose `batch_size` is the global batch: each process takes its share of it).
 
     `padding` > 0 stores the images reflect-padded by that much, once, for the batch stage's
     random crops: a third more memory, a third less work a step than padding every batch.
@@ -66,47 +65,22 @@ class MemoryBatches:
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
+        order: EpochOrder,
         *,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool,
         device: torch.device,
         padding: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
     ) -> None:
         from visionfit.data.augment import reflect_pad
 
         self.images = (reflect_pad(images, padding) if padding else images).to(device)
         self.labels = labels.to(device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
+        self.order = order
         self.device = device
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def batches_per_epoch(self) -> int:
-        return batches_in_epoch(len(self.labels), self.batch_size, self.drop_last, self.world_size)
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch() - self.start_batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order = epoch_order(len(self.labels), self.seed, self.epoch, self.shuffle).to(self.device)
-        for batch in range(self.start_batch, self.batches_per_epoch()):
-            positions = batch_positions(batch, self.batch_size, len(order))
-            positions = shard(positions, self.rank, self.world_size).to(self.device)
-            indices = order[positions]
-            yield self.images[indices], self.labels[indices], positions
+        for indices, positions in self.order:
+            indices = indices.to(self.device)
+            yield self.images[indices], self.labels[indices], positions.to(self.device)
 
 
 class MemoryTestBatches:

@@ -1,15 +1,20 @@
 """The order in which an epoch visits the samples, and the seeds of its random choices: functions
 of (seed, epoch, sample) only — never of worker count, timing, process count or where a run was
-resumed — shared by both data paths."""
+resumed. `EpochOrder` is the one walk through an epoch (seeded permutation, this process's share of
+each global batch, the batch a resumed epoch starts at) that the memory path, the per-sample
+loader and the feature cache all follow."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
 _MASK64 = (1 << 64) - 1
+Items = TypeVar("Items", bound=Sequence[Any])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -49,6 +54,70 @@ def stream_seeds(seed: int, epoch: int, stream: int, positions: list[int]) -> li
     on changes no other's draws."""
     base = sample_seed(seed, epoch, stream)
     return [sample_seed(base, 0, position) for position in positions]
+
+
+def shard(items: Items, rank: int, world_size: int) -> Items:
+    """This rank's part of a global batch (or of an index list): every `world_size`-th item from
+    `rank` on. The parts of all ranks are disjoint and together are exactly `items`, so the union
+    of what the ranks see is the same whatever the number of processes; sizes differ by at most
+    one. Works on lists, tuples, numpy arrays and tensors alike."""
+    if world_size == 1:
+        return items
+    return items[rank::world_size]  # type: ignore[return-value]
+
+
+@dataclass
+class EpochOrder:
+    """How each epoch walks `num_samples` samples in global batches of `batch_size`: the seeded
+    permutation (`epoch_order`), this process's `shard` of every batch (`rank` of `world_size`),
+    and the batch to start at when a half-finished epoch resumes (`set_epoch(epoch, start_batch)`).
+
+    Iterating yields, for each remaining batch, this process's sample indices and their positions
+    in the epoch's order (the positions seed the batch stage's augmentation draws)."""
+
+    num_samples: int
+    batch_size: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = field(default=0, init=False)
+    start_batch: int = field(default=0, init=False)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches_per_epoch(self) -> int:
+        return batches_in_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size)
+
+    def __len__(self) -> int:
+        """The batches left in this epoch."""
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        for batch in range(self.start_batch, self.batches_per_epoch()):
+            positions = shard(
+                batch_positions(batch, self.batch_size, self.num_samples), self.rank, self.world_size
+            )
+            yield order[positions], positions
+
+
+class FollowsOrder:
+    """A source of batches that follows an `EpochOrder` (the loop's sampler interface)."""
+
+    order: EpochOrder
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.order.set_epoch(epoch, start_batch)
+
+    def batches_per_epoch(self) -> int:
+        return self.order.batches_per_epoch()
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 @contextmanager

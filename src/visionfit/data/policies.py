@@ -11,6 +11,7 @@ when a step is built, so that runs without these options do not pay for the impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +55,17 @@ class _SeededStep:
     def seeds(self, positions: torch.Tensor) -> list[int]:
         return stream_seeds(self.seed, self.epoch, self.stream, positions.tolist())
 
+    def each_image(
+        self, transform: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """`transform` of each image in turn, written back in place, each with the draws of its
+        own seed (on a fork of torch's RNG: the model's own randomness stays untouched)."""
+        with private_rng(images.device):
+            for index, seed in enumerate(self.seeds(positions)):
+                reseed(seed, images.device)
+                images[index] = transform(images[index])
+        return images
+
 
 class AutoAugment(_SeededStep):
     """An automatic augmentation policy (`trivialwide`, `randaugment` or `augmix`), each uint8
@@ -67,12 +79,7 @@ class AutoAugment(_SeededStep):
         self.transform = _policy(policy)
 
     def __call__(self, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        output = torch.empty_like(images)
-        with private_rng(images.device):
-            for index, seed in enumerate(self.seeds(positions)):
-                reseed(seed, images.device)
-                output[index] = self.transform(images[index])
-        return output
+        return self.each_image(self.transform, images.clone(), positions)  # the source batch stays as it is
 
 
 class RandomErasing(_SeededStep):
@@ -89,11 +96,7 @@ class RandomErasing(_SeededStep):
         self.transform = v2.RandomErasing(probability, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0)
 
     def __call__(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        with private_rng(inputs.device):
-            for index, seed in enumerate(self.seeds(positions)):
-                reseed(seed, inputs.device)
-                inputs[index] = self.transform(inputs[index])
-        return inputs
+        return self.each_image(self.transform, inputs, positions)
 
 
 class LabelMixing(_SeededStep):

@@ -17,7 +17,6 @@ from pathlib import Path
 from PIL import Image
 
 from visionfit.data.registry import DataSplits
-from visionfit.distributed import broadcast_from_main
 from visionfit.errors import UserError
 from visionfit.paths import cache_dir
 
@@ -92,15 +91,20 @@ def find_bad_images_once(paths: list[Path]) -> list[tuple[Path, str]]:
 
 
 def screen_images(
-    data: DataSplits, policy: str, notify: Callable[[str], None]
+    data: DataSplits,
+    policy: str,
+    notify: Callable[[str], None],
+    *,
+    check: Callable[[list[Path]], list[tuple[Path, str]]] = find_bad_images_once,
 ) -> tuple[DataSplits, list[tuple[Path, str]]]:
-    """Decode-check every image file of the dataset before training (one process decodes, all
-    agree): stop with the list of unreadable files (`policy` "error"), or leave them out ("skip")
+    """Decode-check every image file of the dataset before training (`check`: the unreadable
+    files and why; a multi-process run passes one that decodes in one process and tells the
+    others): stop with the list of unreadable files (`policy` "error"), or leave them out ("skip")
     and return them for the run folder's skipped_images.txt."""
     files = data.train.files() + data.test.files()
     if not files:
         return data, []
-    bad = broadcast_from_main(lambda: find_bad_images_once(files))
+    bad = check(files)
     if not bad:
         return data, []
     if policy == "error":

@@ -144,10 +144,7 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
     steps = train_steps(
         model,
         batches,
-        optimization.loss_fn,
-        optimization.optimizer,
-        optimization.scheduler,
-        optimization.scaler,
+        optimization,
         runtime,
         clip_grad_norm=config.clip_grad_norm,
         on_nonfinite=config.on_nan,

@@ -13,28 +13,21 @@ flip/shift augmentation, which needs the whole network. From `--unfreeze-at` on,
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from visionfit.data.batches import create_batches
-from visionfit.data.order import batch_positions, batches_in_epoch, epoch_order, sample_seed
+from visionfit.data.order import EpochOrder, FollowsOrder, sample_seed
+from visionfit.engine.batches import BatchChoice, RunData, create_batches
 from visionfit.errors import UserError
 from visionfit.models.heads import find_classifier
 from visionfit.paths import cache_dir
-
-if TYPE_CHECKING:
-    from visionfit.config import TrainConfig
-    from visionfit.data.registry import DataSplits
-    from visionfit.data.transforms import Preprocess
-    from visionfit.runtime import Runtime
 
 CACHE_FORMAT = 1
 # Augmented view v is the augmentation the batch stage draws for this "epoch": far from real epochs.
@@ -60,28 +53,21 @@ class HeadInput:
         self.captured = inputs[0]
 
 
-class FrozenFeatures:
+class FrozenFeatures(FollowsOrder):
     """The frozen backbone's features of a run's training (and test) pictures, and batches of them
-    in each epoch's order for the head to train on."""
+    in the run's epoch order (one process: `order` is the whole of every batch) for the head to
+    train on."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config: TrainConfig,
-        runtime: Runtime,
-        data: DataSplits,
-        preprocess: Preprocess,
-        data_path: str,
-        notify: Callable[[str], None],
-    ) -> None:
-        self.model, self.config, self.runtime, self.data = model, config, runtime, data
-        self.preprocess, self.data_path, self.notify = preprocess, data_path, notify
-        self.head_name = find_classifier(model, len(data.classes))
+    def __init__(self, model: nn.Module, run: RunData) -> None:
+        self.model, self.run = model, run
+        self.config, self.runtime, self.data = run.config, run.runtime, run.data
+        self.preprocess, self.notify = run.preprocess, run.notify
+        self.head_name = find_classifier(model, len(self.data.classes))
         self.head = model.get_submodule(self.head_name)
-        self.labels = data.train.label_tensor().to(runtime.device)
+        self.labels = self.data.train.label_tensor().to(self.runtime.device)
+        self.order = run.training_order()
         self.views: list[torch.Tensor] = []
         self.test: torch.Tensor | None = None
-        self.epoch, self.start_batch = 0, 0
         self.announced = False
 
     def head_of(self, model: nn.Module) -> nn.Module:
@@ -93,17 +79,19 @@ class FrozenFeatures:
     def _pictures(self, view: int) -> tuple[Iterable[Any], Any]:
         """Training batches of view `view` in sample order (0: the evaluation view), and the test
         batches, through the run's own batch stage."""
-        settings = dataclasses.replace(
-            self.config,
-            shuffle=False,
-            drop_last=False,
-            augment=self.config.augment and view > 0,
-            batch_size=self.config.test_batch_size,
-            low_res_epochs=0,
+        config = self.config
+        in_sample_order = EpochOrder(
+            len(self.data.train), config.test_batch_size, shuffle=False, seed=config.seed, drop_last=False
         )
-        batches, test = create_batches(
-            settings, self.runtime, self.data, self.preprocess, self.data_path, self.notify
+        choice = BatchChoice(
+            order=in_sample_order,
+            augment=config.augment and view > 0,
+            low_res=False,
+            # The test pictures in batches of twice the test batch (no gradients to keep): what this
+            # cache has always used, so the cached features stay the same.
+            test_batch_size=config.eval_batch_size or 2 * config.test_batch_size,
         )
+        batches, test = create_batches(self.run, choice)
         batches.set_epoch(VIEW_EPOCH + view)
         return batches, (batches.normalize, test)
 
@@ -204,25 +192,15 @@ class FrozenFeatures:
 
     # -- the loop's side: batches of features in each epoch's order ------------------------------
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def batches_per_epoch(self) -> int:
-        return batches_in_epoch(len(self.labels), self.config.batch_size, self.config.drop_last)
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch() - self.start_batch)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(features, labels) batches in the same order as the pictures' own batches."""
         self.ready()
-        count, config = len(self.labels), self.config
-        order = epoch_order(count, config.seed, self.epoch, config.shuffle).to(self.runtime.device)
-        generator = torch.Generator().manual_seed(sample_seed(config.seed, self.epoch, _VIEW_STREAM))
-        chosen = torch.randint(0, len(self.views), (count,), generator=generator).to(self.runtime.device)
+        device, order = self.runtime.device, self.order
+        generator = torch.Generator().manual_seed(sample_seed(order.seed, order.epoch, _VIEW_STREAM))
+        chosen = torch.randint(0, len(self.views), (order.num_samples,), generator=generator).to(device)
         stacked = torch.stack(self.views) if len(self.views) > 1 else None
-        for batch in range(self.start_batch, self.batches_per_epoch()):
-            indices = order[batch_positions(batch, config.batch_size, count).to(self.runtime.device)]
+        for indices, _ in order:
+            indices = indices.to(device)
             features = self.views[0][indices] if stacked is None else stacked[chosen[indices], indices]
             yield features, self.labels[indices]
 
@@ -237,21 +215,15 @@ class FrozenFeatures:
             yield self.test[indices.to(self.runtime.device)], labels[indices.to(self.runtime.device)], indices
 
 
-def frozen_features(
-    model: nn.Module,
-    config: TrainConfig,
-    runtime: Runtime,
-    data: DataSplits,
-    preprocess: Preprocess,
-    data_path: str,
-    notify: Callable[[str], None],
-) -> FrozenFeatures | None:
+def frozen_features(model: nn.Module, run: RunData) -> FrozenFeatures | None:
     """The run's feature cache: with --freeze backbone and --feature-cache, in one process (several
     processes would each need the whole cache and a head synchronised by hand; they run the
     backbone every epoch instead)."""
-    if config.freeze != "backbone" or not config.feature_cache:
+    if run.config.freeze != "backbone" or not run.config.feature_cache:
         return None
-    if runtime.world_size > 1:
-        notify("the feature cache works in one process; with several, the frozen backbone runs every epoch")
+    if run.runtime.world_size > 1:
+        run.notify(
+            "the feature cache works in one process; with several, the frozen backbone runs every epoch"
+        )
         return None
-    return FrozenFeatures(model, config, runtime, data, preprocess, data_path, notify)
+    return FrozenFeatures(model, run)

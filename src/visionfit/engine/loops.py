@@ -17,6 +17,7 @@ from torch import nn
 from visionfit.distributed import all_finite
 from visionfit.engine.calibration import CalibrationSums
 from visionfit.engine.metrics import MetricSums, Predictions
+from visionfit.engine.optim import Optimization
 from visionfit.runtime import Runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -45,10 +46,7 @@ class NonFiniteLossError(ArithmeticError):
 def train_steps(
     model: nn.Module,
     batches: Iterable[Batch],
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimization: Optimization,
     runtime: Runtime,
     *,
     clip_grad_norm: float | None = None,
@@ -62,28 +60,16 @@ def train_steps(
     so the learning-rate schedule stays tied to the batch count. Under fp16 the grad scaler's own
     overflow handling comes first: its skipped steps are normal while it finds its scale.
     """
+    optimizer, scheduler, scaler = optimization.optimizer, optimization.scheduler, optimization.scaler
     model.train()
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     for images, targets in batches:
         images, targets = runtime.to_device(images), runtime.to_device(targets)
         with runtime.autocast():
             logits = model(images)
-            loss = loss_fn(logits.float(), targets)
+            loss = optimization.loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        # All ranks must agree, or one would skip the gradient exchange the others wait in.
-        problem = None
-        if not all_finite(loss):
-            local = loss.item()
-            problem = (
-                f"the loss is {local}" if not math.isfinite(local) else "another process's loss is not finite"
-            )
-        if problem is None:
-            scaler.scale(loss).backward()
-            if clip_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
-                if not scaler.is_enabled() and not torch.isfinite(norm):
-                    problem = f"the gradient norm is {norm.item()}"
+        problem = _backward(loss, optimization, parameters, clip_grad_norm)
         if problem is not None:
             if on_nonfinite != "skip":
                 raise NonFiniteLossError(problem)
@@ -95,6 +81,27 @@ def train_steps(
         scaler.update()
         scheduler.step()
         yield StepOutput(loss=loss.detach(), batch_size=int(targets.shape[0]))
+
+
+def _backward(
+    loss: torch.Tensor,
+    optimization: Optimization,
+    parameters: list[nn.Parameter],
+    clip_grad_norm: float | None,
+) -> str | None:
+    """The backward pass (and clipping) of a finite loss; what is not finite otherwise, the same
+    answer on every rank (or one would skip the gradient exchange the others wait in)."""
+    if not all_finite(loss):
+        local = loss.item()
+        return f"the loss is {local}" if not math.isfinite(local) else "another process's loss is not finite"
+    scaler = optimization.scaler
+    scaler.scale(loss).backward()
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimization.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+        if not scaler.is_enabled() and not torch.isfinite(norm):
+            return f"the gradient norm is {norm.item()}"
+    return None
 
 
 # Test-time views of a small batch go through the model as one batch: each model call costs a

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visionfit.config import TrainConfig, build_config, read_config_file, save_config
+from visionfit.config import TrainConfig, read_config_file, save_config, saved_config
 from visionfit.data.registry import DataSplits
 from visionfit.errors import UserError
 
@@ -112,13 +112,14 @@ _NOT_COMPARED = (*RESUMABLE_CHANGES, "name", "run_dir")
 
 
 def load_run_config(folder: Path) -> TrainConfig:
-    """The config a run was started with (its config.yaml)."""
+    """The config a run was started with (its config.yaml), as saved: it was checked when the run
+    started, and the config a resumed run trains with is checked once, with its changes."""
     if not folder.is_dir():
         raise UserError(f"--resume {folder}: no such run folder")
     path = folder / "config.yaml"
     if not path.is_file():
         raise UserError(f"--resume {folder}: not a visionfit run folder (no config.yaml)")
-    return build_config(read_config_file(path), file_name=str(path))
+    return saved_config(read_config_file(path), str(path))
 
 
 def differing_options(saved: TrainConfig, requested: TrainConfig) -> list[str]:
