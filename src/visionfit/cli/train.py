@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionfit.cli.arguments import key_value
@@ -116,6 +117,8 @@ def plan_from_flags(values: dict[str, Any], config_path: str | None, resume: str
     from visionfit.engine.resume import ResumePlan, plan_run  # torch: not for --help
 
     if resume is not None and resume != "auto":
+        if not (Path(resume).expanduser() / "config.yaml").is_file():
+            raise UserError(f"--resume {resume}: not a visionfit run folder (no config.yaml)")
         return plan_run(None, resume, values)
     file_values = read_config_file(config_path) if config_path else {}
     config = build_config(file_values, values, file_name=str(config_path))
