@@ -183,3 +183,32 @@ def test_low_res_needs_a_smaller_size_and_works_on_both_data_paths(folder_datase
     assert "cannot take 24x24 input" in error and "another --low-res-size" in error
     airnet = ["--model", "airnet", "--model-arg", "width=8", "--no-tensorboard"]
     assert main([*common, *loader, *airnet]) == 0
+
+
+def test_a_train_plan_validates_once_and_reads_a_run_config_once(tmp_path, monkeypatch):
+    """Validation happens in one place, once per train call; resuming reads config.yaml once."""
+    import visionfit.config.validation as validation
+    import visionfit.engine.run_folder as run_folder
+    from visionfit.cli.train import plan_from_flags
+    from visionfit.engine.resume import plan_run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_config(build_config(flag_values={"dataset": "cifar10-sample", "epochs": 2}), folder / "config.yaml")
+    checks, reads = [], []
+    check_counts, read_file = validation._check_counts, run_folder.read_config_file
+    monkeypatch.setattr(validation, "_check_counts", lambda config: [checks.append(1), check_counts(config)])
+    monkeypatch.setattr(run_folder, "read_config_file", lambda path: [reads.append(path), read_file(path)][1])
+
+    plan = plan_run(None, folder, {"workers": 0})
+    assert plan.folder == folder and (plan.config.workers, plan.config.epochs) == (0, 2)
+    assert (len(checks), len(reads)) == (1, 1)
+    checks.clear(), reads.clear()
+    assert plan_from_flags({"log_every": 5}, None, str(folder)).config.log_every == 5  # the CLI's way
+    assert (len(checks), len(reads)) == (1, 1)
+    checks.clear()
+    assert plan_run(None, None, {"epochs": 3}).config.epochs == 3 and len(checks) == 1
+    checks.clear()
+    assert plan_from_flags({"epochs": 3}, None, "auto").search and len(checks) == 1
+    with pytest.raises(UserError, match="--epochs must be at least 1"):
+        plan_run(None, folder, {"epochs": 0})
