@@ -207,6 +207,15 @@ def any_rank(flag: bool) -> bool:
     return bool(sum_across(torch.tensor([int(flag)])).item())
 
 
+def max_across(value: int) -> int:
+    """The largest of an integer's values over all ranks (say, the number of a signal one received)."""
+    if not _several():
+        return value
+    total = torch.tensor([value])
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return int(total.item())
+
+
 def count_across(count: int) -> int:
     """The sum of a count (say, this step's images) over all ranks."""
     if not _several():

@@ -14,6 +14,15 @@ class UserError(Exception):
     """A problem with the user's input, data or environment, with the fix in the message."""
 
 
+class TrainingStopped(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving its position; the CLI
+    exits with `exit_code` (128 + the signal's number, as shells report it)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for a close match among `choices`, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -42,10 +42,12 @@ from visionfit.engine.features import frozen_features
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
 from visionfit.engine.metrics import format_report
 from visionfit.engine.optim import create_optimization
+from visionfit.engine.preemption import catching_stop_signals, stop_with_parent
 from visionfit.engine.resume import ResumePlan, find_run, plan_run
 from visionfit.engine.run_folder import create_run_folder, now, read_history, start_run_folder, write_status
+from visionfit.engine.run_lock import lock_for_run
 from visionfit.engine.state import TrainState
-from visionfit.errors import UserError
+from visionfit.errors import TrainingStopped, UserError
 from visionfit.models import ModelRecord, create_training_model, get_model_spec, record_of
 from visionfit.models.custom import class_reference, is_custom_reference, load_class
 from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
@@ -102,9 +104,11 @@ def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainRe
     `nn.Module` the config's model names."""
     setup_logging()
     started = init_processes(plan.config.dist_timeout)  # under torchrun: join the other processes
+    stop_with_parent()  # a torchrun worker dies with its agent instead of training on as an orphan
     quiet_unless_main()
     # Rank 0 alone looks for the run to resume, so that every rank continues the same one.
     plan = broadcast_from_main(lambda: find_run(plan))
+    lock = lock_for_run(plan.folder) if plan.folder else None  # one writer, before anything is touched
     runtime = create_runtime(plan.config.device, plan.config.precision, plan.config.channels_last)
     configure_determinism(plan.config.deterministic)
     config, data, skipped = load_training_data(plan.config)
@@ -120,6 +124,7 @@ def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainRe
             config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
         )
     )
+    lock = lock or lock_for_run(run_dir)
     checkpoints = run_checkpoints(config, run_dir, model, data, preprocess)
     ema = WeightAverage(model, config.ema) if config.ema else None  # a copy of the weights to average
     state = checkpoints.restore(model, optimization, ema) if plan.folder else TrainState()
@@ -134,8 +139,10 @@ def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainRe
     parts = (data, preprocess, model, batches, test_batches, optimization, checkpoints, events, ema, features)
     run = TrainingRun(config, runtime, *parts)
     announce(run, plan, state, data_path)
-    result = finish(run, state, history, guarded_fit(run, state, history))
+    with catching_stop_signals():  # SIGTERM, SIGINT, SIGUSR1: save after the current step, then stop
+        result = finish(run, state, history, guarded_fit(run, state, history))
     end_processes(started)
+    lock.release()
     return result
 
 
@@ -344,7 +351,8 @@ def guarded_fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any
         ) from None
     except BaseException as error:
         if run.runtime.is_main:
-            write_status(run_dir, status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+            interrupted = isinstance(error, (KeyboardInterrupt, TrainingStopped))
+            write_status(run_dir, status="interrupted" if interrupted else "failed")
         run.events.close()
         lost = lost_contact_message(error, run_dir, run.config.dist_timeout)
         if lost is not None:

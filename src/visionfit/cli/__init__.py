@@ -27,7 +27,7 @@ from visionfit.cli import (
     serve,
     train,
 )
-from visionfit.errors import UserError
+from visionfit.errors import TrainingStopped, UserError
 
 SUBCOMMANDS = (
     train,
@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"visionfit: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:  # a signal: the position is saved, the status says which signal
+        print(f"visionfit: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("visionfit: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -66,6 +67,14 @@ def default_workers(device: torch.device, samples: Samples, processes: int = 1) 
     return max(0, min(8, cores - 1))
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A job scheduler signals every process of a job (SLURM: SIGTERM, SIGUSR1), and Ctrl-C the
+    whole terminal group; a loader process killed by it would fail the run mid-step. The training
+    process saves and stops on them after its step (engine.preemption) and then ends its loaders."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
+
+
 def _private_generator() -> torch.Generator:
     """A DataLoader draws a worker base seed from its generator every time it starts an epoch;
     with the default (torch's global RNG) that would make the model's own randomness (dropout)
@@ -90,6 +99,7 @@ def train_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=_private_generator(),
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
     )
 
 
@@ -113,4 +123,5 @@ def eval_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=_private_generator(),
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
     )

@@ -27,6 +27,7 @@ from visionfit.engine.features import FrozenFeatures
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
 from visionfit.engine.metrics import Predictions
 from visionfit.engine.optim import Optimization
+from visionfit.engine.preemption import STOP, stopped
 from visionfit.engine.state import TrainState
 from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
 from visionfit.runtime import Runtime, unwrap_model
@@ -76,6 +77,9 @@ def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> E
     while state.epoch <= run.config.epochs:
         apply_freezing(run, state.epoch)
         evaluation = run_epoch(run, state, history)
+        signal_number = STOP.agreed_signal() if state.epoch <= run.config.epochs else 0
+        if signal_number:  # a signal during the test: the epoch's checkpoint is written, stop here
+            raise stopped(signal_number, f"epoch {state.epoch - 1} is saved", run.checkpoints.folder.parent)
     return evaluation
 
 
@@ -163,14 +167,24 @@ def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:
         running = (loss_sum / max(1, state.epoch_samples)).item() if progress.wants_postfix() else None
         progress.advance(output.batch_size * runtime.world_size, running)
         # The epoch's own checkpoint follows its last batch, after the test.
-        if state.batch < steps_in_epoch and run.checkpoints.due(state):
-            state.epoch_loss_sum = loss_sum.item()
-            state.epoch_seconds = time.perf_counter() - started
-            if runtime.is_main:
-                run.checkpoints.save_last(run.plain_model, optimization, state, None, run.ema)
-            run.checkpoints.restart_clock()
+        due = state.batch < steps_in_epoch and run.checkpoints.due(state)
+        signal_number = STOP.agreed_signal()  # every rank stops at the same step
+        if due or signal_number:
+            save_position(run, state, loss_sum.item(), time.perf_counter() - started)
+        if signal_number:
+            saved = f"epoch {state.epoch} up to batch {state.batch} is saved"
+            raise stopped(signal_number, saved, run.checkpoints.folder.parent)
     progress.close()
     return (loss_sum / max(1, state.epoch_samples)).item(), time.perf_counter() - started
+
+
+def save_position(run: TrainingRun, state: TrainState, loss_sum: float, seconds: float) -> None:
+    """The mid-epoch `last` checkpoint (rank 0 writes it; the others wait until it is on disk)."""
+    state.epoch_loss_sum, state.epoch_seconds = loss_sum, seconds
+    if run.runtime.is_main:
+        run.checkpoints.save_last(run.plain_model, run.optimization, state, None, run.ema)
+    barrier()
+    run.checkpoints.restart_clock()
 
 
 def report_step(run: TrainingRun, state: TrainState, output: StepOutput, progress: EpochProgress) -> None:

@@ -33,7 +33,8 @@ def create_run_folder(run_dir: str | Path, name: str | None, *, dataset: str, mo
         raise UserError(f"the run folder {parent} is not writable; choose another with --run-dir")
     if name is not None:
         folder = parent / name
-        if folder.exists() and any(folder.iterdir()):
+        # A run killed before it wrote anything leaves only its lock file (engine.run_lock): free.
+        if folder.exists() and any(path.name != ".lock" for path in folder.iterdir()):
             status = read_status(folder).get("status", "unknown")
             raise UserError(
                 f"run {folder} already exists ({status}); choose another --name, or "
