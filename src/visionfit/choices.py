@@ -47,3 +47,8 @@ def check_device_name(name: str) -> None:
     """A --device value of the right form, or a one-line error naming the valid ones."""
     if not is_device_name(name):
         raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+# What a model predicts per image: one class (softmax), or a set of classes (one sigmoid per class);
+# auto: a set when some image of a label file has several labels.
+TASKS = ("auto", "single", "multilabel")

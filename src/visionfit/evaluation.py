@@ -24,12 +24,14 @@ from visionfit.data.samples import Samples
 from visionfit.data.transforms import PictureReader, Preprocess, as_uint8_tensor, resize_picture
 from visionfit.engine.loops import evaluate
 from visionfit.engine.metrics import Predictions
+from visionfit.engine.multilabel import MultiLabelSums
 from visionfit.errors import UserError
 from visionfit.inference import InferenceModel, InferenceOptions, load_for_inference
 from visionfit.plots import (
     MISTAKES_SHOWN,
     Mistake,
     confusion_matrix_figure,
+    label_counts_figure,
     mistakes_cam_figure,
     mistakes_figure,
     reliability_figure,
@@ -132,6 +134,17 @@ def evaluate_checkpoint(
         workers=workers,
         device=model.runtime.device,
     )
+    if model.multilabel:  # each class decided at the checkpoint's threshold; no single-class mistakes
+        sums = MultiLabelSums(len(model.classes), thresholds=model.thresholds)
+        report = evaluate(model.classifier, batches, len(model.classes), sums=sums).sums.report(model.classes)
+        return EvalResult(
+            model.source or Path(checkpoint),
+            split,
+            f"{split_name} of {data.description}",
+            model.classes,
+            report,
+            [],
+        )
     evaluation = evaluate(
         model.classifier, batches, len(model.classes), keep_predictions=True, temperature=model.temperature
     )
@@ -176,6 +189,21 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], classes: list[st
             writer.writerow([name, *row])
 
 
+PER_CLASS_COLUMNS = ("ap", "precision", "recall", "f1", "support", "predicted", "hits", "threshold")
+
+
+def write_per_class_csv(path: Path, report: dict[str, Any], classes: list[str]) -> None:
+    """Multi-label: one row per class with its AP, precision, recall, F1, counts and threshold."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["class", *PER_CLASS_COLUMNS])
+        for name in classes:
+            values = report["per_class"][name]
+            writer.writerow(
+                [name, *("" if values[key] is None else values[key] for key in PER_CLASS_COLUMNS)]
+            )
+
+
 def mistake_records(mistakes: list[Mistake]) -> list[dict[str, Any]]:
     """The mistakes as JSON objects: which image, its true and predicted class, the probability."""
     return [
@@ -204,6 +232,10 @@ def write_report(out_dir: Path, result: EvalResult) -> list[Path]:
         "mistakes": mistake_records(result.mistakes),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if result.report.get("task") == "multilabel":
+        write_per_class_csv(out_dir / "per_class.csv", result.report, result.classes)
+        figures = {"label_counts": label_counts_figure(result.report, result.classes)}
+        return [out_dir / "metrics.json", out_dir / "per_class.csv", *save_figures(figures, out_dir)]
     write_confusion_csv(out_dir / "confusion_matrix.csv", result.report["confusion_matrix"], result.classes)
     figures = {
         "confusion_matrix": confusion_matrix_figure(result.report["confusion_matrix"], result.classes),
@@ -270,6 +302,19 @@ def explain_checkpoint_mistakes(
             f"warning: mistakes_cam.png skipped: Grad-CAM failed ({type(error).__name__}: {error})"
         )
     return None
+
+
+def write_label_count_plots(
+    run_dir: Path, history: list[dict[str, Any]], classes: list[str], writer: Any = None, step: int = 0
+) -> list[Path]:
+    """A multi-label run's end: label_counts.png (per class: true, predicted, right) and curves.png."""
+    from visionfit.plots import curves_figure
+
+    figures = {
+        "label_counts": label_counts_figure(history[-1]["test"], classes),
+        "curves": curves_figure(history),
+    }
+    return save_figures(figures, run_dir, writer, step)
 
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:

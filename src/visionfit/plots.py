@@ -121,6 +121,25 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+def label_counts_figure(report: dict[str, Any], classes: list[str]) -> Figure:
+    """Multi-label (in place of a confusion matrix): per class, the images that have the label,
+    those the model gives it, and those it gives it rightly."""
+    per_class = [report["per_class"][name] for name in classes]
+    positions = np.arange(len(classes))
+    figure = _figure(max(6.0, 0.6 * len(classes) + 2), 4)
+    axes = figure.add_subplot(1, 1, 1)
+    for offset, key, label in (
+        (-0.27, "support", "true"),
+        (0, "predicted", "predicted"),
+        (0.27, "hits", "right"),
+    ):
+        axes.bar(positions + offset, [values[key] for values in per_class], width=0.27, label=label)
+    axes.set_xticks(positions, classes, rotation=45, ha="right")
+    axes.set(title="images per class (at the decision thresholds)", ylabel="images")
+    axes.legend()
+    return figure
+
+
 def figure_pixels(figure: Figure) -> np.ndarray:
     """The rendered figure as an (H, W, 3) uint8 array."""
     figure.canvas.draw()

@@ -39,6 +39,7 @@ class Prediction:
     source: str
     top: list[tuple[str, float]]
     error: str | None = None
+    multilabel: bool = False  # `top` is the set of labels at or above their thresholds (maybe empty)
 
 
 def picture_pixels(picture: ImageInput, preprocess: Preprocess) -> torch.Tensor:
@@ -104,10 +105,26 @@ class Predictor:
             for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
+    def label_sets(self, probabilities: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """Multi-label: each image's classes at or above their thresholds, most probable first."""
+        chosen = probabilities >= torch.tensor(self.model.thresholds, dtype=probabilities.dtype)
+        return [
+            sorted(
+                ((self.classes[index], float(row[index])) for index in picked.nonzero().flatten().tolist()),
+                key=lambda pair: -pair[1],
+            )
+            for row, picked in zip(probabilities, chosen, strict=True)
+        ]
+
+    def answers(self, probabilities: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """The top-k classes, or for a multi-label model the set of labels."""
+        return self.label_sets(probabilities) if self.model.multilabel else self.top_k(probabilities, k)
+
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 1, batch_size: int | None = None
     ) -> list[list[tuple[str, float]]]:
-        """Top-k (class name, probability) lists, one per image, most probable first.
+        """Top-k (class name, probability) lists, one per image, most probable first; for a
+        multi-label model, each image's set of labels (those at or above their thresholds).
 
         `images`: a path, binary stream, PIL image or (3, H, W) tensor (uint8, or float in [0, 1]),
         or a list of them. An unreadable file raises `UserError`; `predict_sources` reports it per
@@ -118,7 +135,7 @@ class Predictor:
         results: list[list[tuple[str, float]]] = []
         for start in range(0, len(items), batch_size):
             pixels = [picture_pixels(item, self.preprocess) for item in items[start : start + batch_size]]
-            results.extend(self.top_k(self.model.probabilities(stack_pixels(pixels)), top_k))
+            results.extend(self.answers(self.model.probabilities(stack_pixels(pixels)), top_k))
         return results
 
     def predict_sources(
@@ -157,10 +174,13 @@ class Predictor:
         tops: dict[int, list[tuple[str, float]]] = {}
         if good:
             batch = stack_pixels([decoded[index] for index in good])  # type: ignore[misc]
-            tops = dict(zip(good, self.top_k(self.model.probabilities(batch), top_k), strict=True))
+            tops = dict(zip(good, self.answers(self.model.probabilities(batch), top_k), strict=True))
         for index, source in enumerate(chunk):
             item = decoded[index]
-            yield Prediction(source, [], item) if isinstance(item, str) else Prediction(source, tops[index])
+            if isinstance(item, str):
+                yield Prediction(source, [], item)
+            else:
+                yield Prediction(source, tops[index], multilabel=self.model.multilabel)
 
 
 def load(checkpoint: str | Path, options: InferenceOptions | None = None, **settings: Any) -> Predictor:
@@ -218,6 +238,11 @@ def prediction_record(prediction: Prediction) -> dict[str, Any]:
     """The JSON object of one prediction (the --json line)."""
     if prediction.error is not None:
         return {"file": prediction.source, "error": prediction.error}
+    if prediction.multilabel:
+        return {
+            "file": prediction.source,
+            "labels": [{"class": name, "probability": value} for name, value in prediction.top],
+        }
     label, probability = prediction.top[0]
     return {
         "file": prediction.source,

@@ -19,6 +19,7 @@ from visionfit.config.validation import check_setup, low_res_side
 from visionfit.console import logger, setup_logging
 from visionfit.data.batches import preview
 from visionfit.data.exclusion import exclude_files, summarize_exclusions
+from visionfit.data.label_options import label_file_options
 from visionfit.data.memory import choose_data_path
 from visionfit.data.registry import DataSplits, load_data
 from visionfit.data.scan import find_bad_images_once, screen_images
@@ -41,6 +42,11 @@ from visionfit.engine.events import open_events
 from visionfit.engine.features import frozen_features
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
 from visionfit.engine.metrics import format_report
+from visionfit.engine.multilabel import (
+    check_multilabel_run,
+    format_multilabel_report,
+    multilabel_thresholds_line,
+)
 from visionfit.engine.optim import create_optimization
 from visionfit.engine.preemption import catching_stop_signals, stop_with_parent
 from visionfit.engine.resume import ResumePlan, find_run, plan_run
@@ -156,9 +162,12 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
             val_fraction=config.val_fraction,
             seed=config.seed,
             notify=logger.info,
+            label_file=label_file_options(vars(config)),
         )
     )
-    config = apply_overrides(config, {"dataset": data.dataset}, "resolved dataset")
+    config = apply_overrides(config, {"dataset": data.dataset, "task": data.task}, "resolved dataset")
+    if data.task == "multilabel":
+        check_multilabel_run(config)
     excluded: list[tuple[Path, str]] = []
     if config.exclude:  # before the decode check: a broken file doctor listed is left out, not an error
         data, excluded = exclude_files(data, config.exclude)
@@ -386,8 +395,6 @@ def finish(
 ) -> TrainResult:
     """The end-of-run plots (rank 0, from the last epoch's test), the hparams summary, the finished
     status and the last epoch's table."""
-    from visionfit.evaluation import collect_mistakes, write_mistakes_cam, write_training_plots
-
     config, run_dir, classes = run.config, run.checkpoints.folder.parent, run.data.classes
     if last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
         last_test = test(run, config.epochs, keep_predictions=True)
@@ -397,12 +404,10 @@ def finish(
     if not run.runtime.is_main:
         run.events.close()
         return result
-    assert predictions is not None  # rank 0 holds every rank's predictions
-    calibrate_on_validation(run)
-    writer, step = run.events.writer, state.global_step
-    mistakes = collect_mistakes(predictions, run.data.test, classes, run.preprocess)
-    write_training_plots(run_dir, history, mistakes, classes, writer, step)
-    write_mistakes_cam(run_dir, mistakes, run.checkpoints.last, writer, step)
+    if config.task != "multilabel":  # a temperature scales one softmax; a multi-label model has thresholds
+        calibrate_on_validation(run)
+    step = state.global_step
+    write_end_plots(run, run_dir, history, predictions, step)
     hyperparameters = {
         key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")
     }
@@ -420,10 +425,44 @@ def finish(
         best_epoch=state.best_epoch,
         best_accuracy=best["test"]["accuracy"],
     )
-    logger.info(format_report(history[-1]["test"], classes))
+    logger.info(final_table(config, history[-1]["test"], best["test"], classes))
+    headline = (
+        f"mAP {best['test']['map']:.3f}"
+        if "map" in best["test"]
+        else f"accuracy {best['test']['accuracy']:.2%}"
+    )
     logger.info(
-        f"best test accuracy {best['test']['accuracy']:.2%} at epoch {state.best_epoch}; "
+        f"best test {headline} at epoch {state.best_epoch}; "
         f"checkpoints in {run.checkpoints.folder}; "
         f"view curves with: tensorboard --logdir {Path(config.run_dir)}"
     )
     return result
+
+
+def write_end_plots(
+    run: TrainingRun, run_dir: Path, history: list[dict[str, Any]], predictions: Any, step: int
+) -> None:
+    """The confusion matrix, mistakes and curves; for a multi-label run, per-class label counts and
+    the curves (its pictures have no one true class)."""
+    from visionfit.evaluation import (
+        collect_mistakes,
+        write_label_count_plots,
+        write_mistakes_cam,
+        write_training_plots,
+    )
+
+    classes, writer = run.data.classes, run.events.writer
+    if run.config.task == "multilabel":
+        write_label_count_plots(run_dir, history, classes, writer, step)
+        return
+    assert predictions is not None  # rank 0 holds every rank's predictions
+    mistakes = collect_mistakes(predictions, run.data.test, classes, run.preprocess)
+    write_training_plots(run_dir, history, mistakes, classes, writer, step)
+    write_mistakes_cam(run_dir, mistakes, run.checkpoints.last, writer, step)
+
+
+def final_table(config: TrainConfig, last: dict[str, Any], best: dict[str, Any], classes: list[str]) -> str:
+    """The last epoch's per-class table (and, multi-label, where the thresholds come from)."""
+    if config.task == "multilabel":
+        return format_multilabel_report(last, classes) + "\n" + multilabel_thresholds_line(best)
+    return format_report(last, classes)

@@ -58,15 +58,20 @@ def run(arguments: argparse.Namespace) -> int:
         workers=arguments.workers,
     )
     print(f"{result.checkpoint} on the {result.description}")
-    print(format_report(result.report, result.classes))
-    if result.uncalibrated is not None:
-        print(
-            f"temperature {result.temperature:.3f}: ECE {result.uncalibrated['ece']:.2%} before, "
-            f"{result.report['calibration']['ece']:.2%} after (NLL {result.uncalibrated['nll']:.4f} → "
-            f"{result.report['calibration']['nll']:.4f})"
-        )
-    print()
-    print(format_confusion(result.report["confusion_matrix"], result.classes))
+    if result.report.get("task") == "multilabel":
+        from visionfit.engine.multilabel import format_multilabel_report
+
+        print(format_multilabel_report(result.report, result.classes))
+    else:
+        print(format_report(result.report, result.classes))
+        if result.uncalibrated is not None:
+            print(
+                f"temperature {result.temperature:.3f}: ECE {result.uncalibrated['ece']:.2%} before, "
+                f"{result.report['calibration']['ece']:.2%} after (NLL {result.uncalibrated['nll']:.4f} → "
+                f"{result.report['calibration']['nll']:.4f})"
+            )
+        print()
+        print(format_confusion(result.report["confusion_matrix"], result.classes))
     if arguments.out:
         written = write_report(Path(arguments.out).expanduser(), result)
         print(f"wrote {', '.join(path.name for path in written)} to {arguments.out}")

@@ -63,6 +63,8 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.json:
         for prediction in predictions:
             print(json.dumps(prediction_record(prediction)))
+    elif predictor.model.multilabel:
+        print(_table(_label_set_rows(predictions)))
     else:
         rows = [("file", "class", "probability", "next classes" if arguments.top_k > 1 else "")]
         for prediction in predictions:
@@ -80,7 +82,25 @@ def run(arguments: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _label_set_rows(predictions: list[Any]) -> list[tuple[str, ...]]:
+    """A multi-label model's table: each file and its set of labels with their probabilities."""
+    rows = [("file", "labels")]
+    for prediction in predictions:
+        if prediction.error is not None:
+            rows.append((prediction.source, f"ERROR {prediction.error}"))
+        else:
+            rows.append((prediction.source, _label_set(prediction.top) or "(none)"))
+    return rows
+
+
+def _label_set(labels: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{name} {value:.1%}" for name, value in labels)
+
+
 def _write_csv(path: Path, predictions: list[Any], top_k: int) -> None:
+    if predictions and any(prediction.multilabel for prediction in predictions):
+        _write_label_sets_csv(path, predictions)
+        return
     header = ["file"]
     for rank in range(1, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
@@ -97,5 +117,19 @@ def _write_csv(path: Path, predictions: list[Any], top_k: int) -> None:
                     else:
                         cells += ["", ""]
                 writer.writerow([*cells, prediction.error or ""])
+    except OSError as error:
+        raise UserError(f"cannot write --csv {path}: {error.strerror or error}") from None
+
+
+def _write_label_sets_csv(path: Path, predictions: list[Any]) -> None:
+    """file, labels (a;b), their probabilities (0.91;0.64), error."""
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["file", "labels", "probabilities", "error"])
+            for prediction in predictions:
+                names = ";".join(name for name, _ in prediction.top)
+                values = ";".join(f"{value:.6f}" for _, value in prediction.top)
+                writer.writerow([prediction.source, names, values, prediction.error or ""])
     except OSError as error:
         raise UserError(f"cannot write --csv {path}: {error.strerror or error}") from None

@@ -25,6 +25,7 @@ from visionfit.choices import (
     PRECISION_HELP,
     PRECISIONS,
     SCHEDULERS,
+    TASKS,
 )
 from visionfit.recipes import recipe_names
 
@@ -70,6 +71,39 @@ class TrainConfig:
         "folder datasets without train/ and val/ subfolders: share of each class held out "
         "for testing (seeded, stratified)",
         "data",
+    )
+    labels: str | None = option(
+        None,
+        "a label file naming the images and their labels: CSV, TSV or JSON lines; one label column "
+        "(several labels in a cell split by ; or |), or one 0/1 column per class; an optional split "
+        "column (train, val, test); paths relative to --data-dir when given, else to the file",
+        "data",
+        metavar="FILE",
+    )
+    test_labels: str | None = option(None, "a second label file, for the test split", "data", metavar="FILE")
+    file_column: str | None = option(
+        None, "the label file's column of image paths (default: detected)", "data", metavar="NAME"
+    )
+    label_column: str | None = option(
+        None, "the label file's column of labels (default: detected)", "data", metavar="NAME"
+    )
+    label_separator: str | None = option(
+        None, "what separates several labels in one cell (default: ; or | when the cells hold one)", "data"
+    )
+    class_names: str | None = option(
+        None,
+        "comma-separated class names: the names of numeric class ids 0, 1, ... in a label file, "
+        "or the classes' order",
+        "data",
+        metavar="A,B,...",
+    )
+    task: str = option(
+        "auto",
+        "single: one class per image (softmax); multilabel: a set of classes per image (a sigmoid "
+        "per class, binary cross-entropy); auto: multilabel when the label file gives some image "
+        "several labels",
+        "data",
+        choices=TASKS,
     )
     input_size: int | None = option(
         None, "image side in pixels fed to the model (default: the model's own)", "data"

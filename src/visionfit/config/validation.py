@@ -108,6 +108,12 @@ def _check_data_and_model(config: TrainConfig) -> None:
             "--feature-views draws augmented views for the feature cache: it needs --freeze backbone, "
             "--feature-cache and --augment"
         )
+    if config.labels is None and (config.dataset == "labels" or config.task == "multilabel"):
+        raise UserError(
+            f"--{'dataset labels' if config.dataset == 'labels' else 'task multilabel'} needs --labels FILE"
+        )
+    if config.labels is not None and config.dataset not in (None, "labels"):
+        raise UserError(f"--labels names the images and labels; drop --dataset {config.dataset} or --labels")
     if config.dataset is not None:
         from visionfit.data.registry import check_data_dir
 

@@ -53,7 +53,8 @@ class SampleDataset(Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int, int]:
         index, seed, position = key if isinstance(key, tuple) else (key, None, key)
         rng = random.Random(seed) if seed is not None else None
-        return self.reader(self.samples.picture(index), rng), int(self.labels[index]), position
+        label = self.labels[index]  # a class index, or a row of 0/1 per class (several labels per image)
+        return self.reader(self.samples.picture(index), rng), label if label.dim() else int(label), position
 
 
 def default_workers(device: torch.device, samples: Samples, processes: int = 1) -> int:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from visionfit.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
+    from visionfit.data.label_options import LabelFileOptions
     from visionfit.data.samples import Samples
 
 # One-line messages go through logging: quiet in a library call, printed by the CLI.
 logger = logging.getLogger(__name__)
 # Modules whose sources are built in; importing one registers its datasets.
-BUILTIN_SOURCES = ("visionfit.data.cifar", "visionfit.data.folder")
+BUILTIN_SOURCES = ("visionfit.data.cifar", "visionfit.data.folder", "visionfit.data.label_file")
 DEFAULT_DATASET = "cifar10"
 
 
@@ -36,6 +37,11 @@ class DataSplits:
     train: Samples
     test: Samples
     description: str
+    # "single": one class per image (int64 labels); "multilabel": a set per image ((N, C) 0/1 labels).
+    task: str = "single"
+    # Whether the held-out split is validation data (a label file's val rows, or a share of train),
+    # on which a multi-label run may choose its thresholds; test rows are not.
+    validation: bool = False
 
     @property
     def image_side(self) -> int | None:
@@ -44,7 +50,13 @@ class DataSplits:
 
     def without(self, bad: set[Path]) -> DataSplits:
         return DataSplits(
-            self.dataset, self.classes, self.train.without(bad), self.test.without(bad), self.description
+            self.dataset,
+            self.classes,
+            self.train.without(bad),
+            self.test.without(bad),
+            self.description,
+            self.task,
+            self.validation,
         )
 
 
@@ -60,6 +72,7 @@ class DataRequest:
     notify: Callable[[str], None] = logger.info
     unnamed: bool = False
     download: bool = True  # False: only data already on this machine (export's checks never download)
+    label_file: LabelFileOptions | None = None  # --labels and its options (the `labels` source)
 
 
 Loader = Callable[[DataRequest], DataSplits]
@@ -135,14 +148,26 @@ def load_data(
     seed: int = 0,
     notify: Callable[[str], None] = logger.info,
     download: bool = True,
+    label_file: LabelFileOptions | None = None,
 ) -> DataSplits:
     """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through
     `notify` when it is not the default), else the default source. `download=False`: a source
-    that would download raises `UserError` instead."""
+    that would download raises `UserError` instead. `label_file`: the images and labels a label
+    file lists (the `labels` source, chosen when no dataset is named)."""
     request = DataRequest(
-        data_dir, val_fraction, seed, notify, unnamed=dataset is None and not data_dir, download=download
+        data_dir,
+        val_fraction,
+        seed,
+        notify,
+        unnamed=dataset is None and not data_dir and label_file is None,
+        download=download,
+        label_file=label_file,
     )
-    if dataset is None and data_dir:
+    if label_file is not None and dataset not in (None, "labels"):
+        raise UserError(f"--labels reads the labels dataset; drop --dataset {dataset} or --labels")
+    if label_file is not None:
+        dataset = "labels"
+    elif dataset is None and data_dir:
         found = recognise(Path(data_dir).expanduser())
         if found is not None and found.name != DEFAULT_DATASET:
             notify(f"{data_dir} holds {found.holds}: reading it as --dataset {found.name}")

@@ -138,3 +138,65 @@ class FileSamples:
     def without(self, bad: set[Path]) -> FileSamples:
         kept = [(path, label) for path, label in zip(self.paths, self.labels, strict=True) if path not in bad]
         return FileSamples([path for path, _ in kept], [label for _, label in kept])
+
+
+@dataclass
+class MultiLabelSamples:
+    """Image files, each with a set of class indices (several labels per image); `label_tensor` is
+    the (N, C) 0/1 float matrix that binary cross-entropy trains on."""
+
+    paths: list[Path]
+    targets: list[tuple[int, ...]]
+    num_classes: int
+    in_memory: ClassVar[bool] = False
+    in_class_order: ClassVar[bool] = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label_tensor(self) -> torch.Tensor:
+        matrix = torch.zeros((len(self.paths), self.num_classes), dtype=torch.float32)
+        for row, classes in enumerate(self.targets):
+            matrix[row, list(classes)] = 1.0
+        return matrix
+
+    def picture(self, index: int) -> Image.Image:
+        return open_rgb(self.paths[index])
+
+    def name(self, index: int) -> str:
+        return str(self.paths[index])
+
+    def files(self) -> list[Path]:
+        return list(self.paths)
+
+    def image_side(self) -> int | None:
+        return None
+
+    def images_at(self, preprocess: Preprocess, notify: Callable[[str], None]) -> torch.Tensor:
+        from visionfit.data.decoded import decoded_images
+
+        keys = ["+".join(map(str, classes)) for classes in self.targets]  # labels only key the cache
+        return decoded_images(self.paths, keys, preprocess, notify)  # type: ignore[arg-type]
+
+    def without(self, bad: set[Path]) -> MultiLabelSamples:
+        kept = [
+            (path, classes) for path, classes in zip(self.paths, self.targets, strict=True) if path not in bad
+        ]
+        return MultiLabelSamples(
+            [path for path, _ in kept], [classes for _, classes in kept], self.num_classes
+        )
+
+    def random_split(self, fraction: float, seed: int) -> tuple[MultiLabelSamples, MultiLabelSamples]:
+        """(kept, held out): a seeded random `fraction` held out (at least one when there are two)."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        count = min(max(round(len(self) * fraction), 1), len(self) - 1) if len(self) >= 2 else 0
+        held, kept = sorted(order[:count]), sorted(order[count:])
+        return self.subset(kept), self.subset(held)
+
+    def subset(self, indices: list[int]) -> MultiLabelSamples:
+        """The samples at `indices`, in that order."""
+        return MultiLabelSamples(
+            [self.paths[index] for index in indices],
+            [self.targets[index] for index in indices],
+            self.num_classes,
+        )

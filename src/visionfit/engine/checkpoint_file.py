@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from visionfit.data.label_options import label_file_options
 from visionfit.data.registry import DataSplits, load_data
 from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
@@ -99,6 +100,7 @@ def training_data(
         val_fraction=config.get("val_fraction", 0.1),
         seed=config.get("seed", 0),
         download=download,
+        label_file=label_file_options(config) if dataset == "labels" else None,
     )
 
 

@@ -67,6 +67,8 @@ class RunCheckpoints:
         fields["data"] = {"classes": self.classes, **self.data_sizes}
         if record is not None:
             fields["metrics"] = epoch_metrics(record)
+            if record["test"] is not None and "thresholds" in record["test"]:  # multi-label decisions
+                fields["thresholds"] = record["test"]["thresholds"]
         return checkpoint_metadata(self.record, self.classes, self.preprocess, **fields)
 
     def due(self, state: TrainState) -> bool:
@@ -163,11 +165,12 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     test = record["test"]
     if test is not None:
         metrics.update(
-            test_loss=test["loss"],
-            test_accuracy=test["accuracy"],
-            test_top5_accuracy=test["top5_accuracy"],
-            test_macro_f1=test["macro"]["f1"],
+            test_loss=test["loss"], test_accuracy=test["accuracy"], test_macro_f1=test["macro"]["f1"]
         )
+        if "top5_accuracy" in test:
+            metrics["test_top5_accuracy"] = test["top5_accuracy"]
+        if "map" in test:  # several labels per image
+            metrics.update(test_map=test["map"], test_micro_f1=test["micro"]["f1"])
     return metrics
 
 

@@ -26,6 +26,7 @@ from visionfit.engine.events import RunEvents
 from visionfit.engine.features import FrozenFeatures
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
 from visionfit.engine.metrics import Predictions
+from visionfit.engine.multilabel import MultiLabelSums
 from visionfit.engine.optim import Optimization
 from visionfit.engine.preemption import STOP, stopped
 from visionfit.engine.state import TrainState
@@ -118,9 +119,10 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
     }
     history.append(record)
     run.events.epoch(record)
-    best = report is not None and report["accuracy"] > state.best_accuracy
+    score = None if report is None else report.get("map", report["accuracy"])  # multi-label: mAP
+    best = score is not None and score > state.best_accuracy
     if best:
-        state.best_accuracy, state.best_epoch = report["accuracy"], epoch
+        state.best_accuracy, state.best_epoch = score, epoch
     state.finish_epoch()
     if run.runtime.is_main:
         run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best, run.ema)
@@ -223,7 +225,10 @@ def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Eva
             shift=config.test_time_shift,
         )
         batches = run.test_batches
-    evaluation = evaluate(classifier, batches, len(run.classes), keep_predictions=keep_predictions)
+    sums = None
+    if config.task == "multilabel":  # thresholds are chosen only on validation data, never on test
+        sums = MultiLabelSums(len(run.classes), tune_thresholds=run.data.validation)
+    evaluation = evaluate(classifier, batches, len(run.classes), keep_predictions=keep_predictions, sums=sums)
     predictions = None
     if evaluation.predictions is not None:
         parts = gather_to_main(evaluation.predictions)
@@ -233,12 +238,18 @@ def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Eva
 
 def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
     report = record["test"]
-    tested = (
-        f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
-        f"macro F1 {report['macro']['f1']:.3f}  ECE {report['calibration']['ece']:.2%}  "
-        if report is not None
-        else ""
-    )
+    tested = ""
+    if report is not None and report.get("task") == "multilabel":
+        tested = (
+            f"test loss {report['loss']:.4f}  mAP {report['map']:.3f}  macro F1 {report['macro']['f1']:.3f}  "
+            f"micro F1 {report['micro']['f1']:.3f}  exact {report['exact_match']:.2%}  "
+            f"Hamming {report['hamming_loss']:.4f}  "
+        )
+    elif report is not None:
+        tested = (
+            f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
+            f"macro F1 {report['macro']['f1']:.3f}  ECE {report['calibration']['ece']:.2%}  "
+        )
     logger.info(
         f"epoch {record['epoch']}/{config.epochs}  train loss {record['train_loss']:.4f}  {tested}"
         f"({record['train_seconds']:.1f} s, {record['train_images_per_second']:,.0f} img/s)"

@@ -57,17 +57,18 @@ class RunEvents:
         if test is None:  # an epoch without a test (--test-every)
             self.writer.flush()
             return
-        self.writer.add_scalar("test/loss", test["loss"], step)
-        self.writer.add_scalar("test/accuracy", test["accuracy"], step)
-        self.writer.add_scalar("test/top5_accuracy", test["top5_accuracy"], step)
-        for average in ("macro", "weighted"):
-            for name, value in test[average].items():
+        for name in ("loss", "accuracy", "top5_accuracy", "map", "exact_match", "hamming_loss"):
+            if name in test:  # multi-label tests have no top-5; single-label ones no mAP
+                self.writer.add_scalar(f"test/{name}", test[name], step)
+        for average in ("macro", "weighted", "micro"):
+            for name, value in test.get(average, {}).items():
                 self.writer.add_scalar(f"test/{average}_{name}", value, step)
-        for name in ("ece", "mce", "nll", "brier"):  # calibration: are the probabilities right?
+        for name in ("ece", "mce", "nll", "brier") if "calibration" in test else ():  # not multi-label
             self.writer.add_scalar(f"test_calibration/{name}", test["calibration"][name], step)
         for class_name, values in test["per_class"].items():
-            for name in ("precision", "recall", "f1"):
-                self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], step)
+            for name in ("precision", "recall", "f1", "ap"):
+                if values.get(name) is not None:
+                    self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], step)
         self.writer.flush()
 
     def images(self, tag: str, images: torch.Tensor, step: int) -> None:

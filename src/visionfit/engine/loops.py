@@ -17,6 +17,7 @@ from torch import nn
 from visionfit.distributed import all_finite
 from visionfit.engine.calibration import CalibrationSums
 from visionfit.engine.metrics import MetricSums, Predictions
+from visionfit.engine.multilabel import MultiLabelSums, image_losses_sum
 from visionfit.engine.optim import Optimization
 from visionfit.runtime import Runtime
 
@@ -174,7 +175,7 @@ class Evaluation:
     prediction (this process's share of the samples); with a temperature, the calibration of the
     undivided logits (`uncalibrated`); with `keep_logits`, the measured logits and true classes."""
 
-    sums: MetricSums
+    sums: MetricSums | MultiLabelSums
     predictions: Predictions | None = None
     uncalibrated: CalibrationSums | None = None
     logits: torch.Tensor | None = None
@@ -190,18 +191,24 @@ def evaluate(
     keep_predictions: bool = False,
     temperature: float = 1.0,
     keep_logits: bool = False,
+    sums: MetricSums | MultiLabelSums | None = None,
 ) -> Evaluation:
     """Classify every `(images, labels, sample indices)` batch and sum loss, hits, the confusion
     matrix and the calibration sums; with `keep_predictions`, also keep each sample's predicted
     class and probability. `temperature` divides the classifier's logits before anything is
     measured (a calibrated model); the undivided logits' calibration is then kept as well, so a
-    report can show it before and after. `keep_logits`: keep the (divided) logits and labels."""
-    sums = MetricSums(num_classes)
-    uncalibrated = CalibrationSums() if temperature != 1.0 else None
+    report can show it before and after. `keep_logits`: keep the (divided) logits and labels.
+    Several labels per image: pass `MultiLabelSums` (labels (N, C) 0/1; no kept predictions)."""
+    sums = sums if sums is not None else MetricSums(num_classes)
+    multilabel = isinstance(sums, MultiLabelSums)
+    uncalibrated = CalibrationSums() if temperature != 1.0 and not multilabel else None
     kept, kept_logits, kept_targets = [], [torch.zeros(0, num_classes)], [torch.zeros(0, dtype=torch.int64)]
     for images, labels, indices in batches:
         logits = classifier(images)
         labels = labels.to(logits.device)
+        if multilabel:
+            sums.update(logits, labels, image_losses_sum(logits, labels))
+            continue
         if uncalibrated is not None:
             uncalibrated.update(logits, labels)
             logits = logits / temperature
@@ -212,7 +219,8 @@ def evaluate(
         if keep_logits:
             kept_logits.append(logits.cpu())
             kept_targets.append(labels.cpu().to(torch.int64))
-    evaluation = Evaluation(sums, Predictions.from_batches(kept) if keep_predictions else None, uncalibrated)
+    predictions = Predictions.from_batches(kept) if keep_predictions and not multilabel else None
+    evaluation = Evaluation(sums, predictions, uncalibrated)
     if keep_logits:
         evaluation.logits, evaluation.targets = torch.cat(kept_logits), torch.cat(kept_targets)
     return evaluation

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from visionfit.engine.multilabel import MultiLabelLoss
 from visionfit.models.freezing import parameter_groups
 
 if TYPE_CHECKING:
@@ -41,8 +42,12 @@ def create_optimization(
     if config.freeze != "none" or config.backbone_lr_scale != 1.0:
         groups = parameter_groups(model, num_classes, config.lr, config.backbone_lr_scale)
     optimizer = create_optimizer(model, config, groups)
+    if config.task == "multilabel":
+        loss_fn: nn.Module = MultiLabelLoss(config.label_smoothing)
+    else:
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     return Optimization(
-        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        loss_fn,
         optimizer,
         create_scheduler(optimizer, config, steps_per_epoch),
         runtime.grad_scaler(),

@@ -124,10 +124,13 @@ def load_run_config(folder: Path) -> TrainConfig:
 
 
 def differing_options(saved: TrainConfig, requested: TrainConfig) -> list[str]:
-    """Options that differ in ways a resumed run cannot honour; an unset dataset matches any."""
+    """Options that differ in ways a resumed run cannot honour; an unset dataset (and task: a run
+    saves the one its data resolved to) matches any."""
     saved_values, requested_values = saved.to_dict(), requested.to_dict()
     if requested.dataset is None:
         requested_values["dataset"] = saved_values["dataset"]
+    if requested.task == "auto":
+        requested_values["task"] = saved_values["task"]
     return [
         key for key in saved_values if key not in _NOT_COMPARED and saved_values[key] != requested_values[key]
     ]

@@ -143,6 +143,17 @@ def resize_record(preprocess: Preprocess) -> dict[str, Any]:
     }
 
 
+def multilabel_record(model: InferenceModel) -> dict[str, Any]:
+    """A multi-label model's export says so: one sigmoid per class, and each class's threshold."""
+    if not model.multilabel:
+        return {}
+    return {
+        "task": "multilabel",
+        "thresholds": model.thresholds,
+        "outputs": {"logits": ["batch", len(model.classes)], "probabilities": "sigmoid of each logit"},
+    }
+
+
 def export_properties(model: InferenceModel, opset: int) -> dict[str, Any]:
     """Everything the file says about itself (`metadata_props`, each value JSON)."""
     preprocess, metadata = model.preprocess, model.metadata
@@ -181,6 +192,7 @@ def export_properties(model: InferenceModel, opset: int) -> dict[str, Any]:
             "test_accuracy": model.test_accuracy,
         },
         "training_data": {key: config[key] for key in TRAINING_DATA_KEYS if key in config},
+        **multilabel_record(model),
         "opset": opset,
         "versions": {
             **{key: value for key, value in versions().items() if key in ("visionfit", "torch")},

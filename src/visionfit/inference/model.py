@@ -73,8 +73,21 @@ class InferenceModel:
         return logits / self.temperature if self.temperature != 1.0 else logits
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (N, classes) on the CPU."""
-        return torch.softmax(self.logits(images), dim=1).cpu()
+        """Probabilities (N, classes) on the CPU: softmax, or one sigmoid per class when the model
+        gives several labels per image (`multilabel`)."""
+        logits = self.logits(images)
+        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).cpu()
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the model answers with a set of labels per image (trained with --task multilabel)."""
+        task = self.metadata.get("task") or self.metadata.get("config", {}).get("task")
+        return task == "multilabel"
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Each class's decision threshold (multi-label: chosen on validation data, else 0.5)."""
+        return [float(value) for value in self.metadata.get("thresholds") or [0.5] * len(self.classes)]
 
     def training_data(
         self, dataset: str | None = None, data_dir: str | None = None, *, download: bool = True

@@ -37,7 +37,19 @@ OUTPUT_NAMES = ("logits", "probabilities")
 INSTALL_HINT = 'pip install "visionfit[export]"'
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # What `visionfit eval model.onnx` needs to find the training data (and its held-out split) by default.
-TRAINING_DATA_KEYS = ("dataset", "data_dir", "val_fraction", "seed")
+TRAINING_DATA_KEYS = (
+    "dataset",
+    "data_dir",
+    "val_fraction",
+    "seed",
+    "labels",
+    "test_labels",
+    "file_column",
+    "label_column",
+    "label_separator",
+    "class_names",
+    "task",
+)
 # The keys every visionfit export has; the rest (model, source checkpoint, versions...) inform.
 REQUIRED_KEYS = ("classes", "input_size", "resize", "normalization")
 
@@ -283,4 +295,5 @@ def _inference_metadata(
         "config": dict(metadata.get("training_data", {})),
         "metrics": metrics,
         "onnx": metadata,
+        **{key: metadata[key] for key in ("task", "thresholds") if key in metadata},
     }

@@ -92,9 +92,11 @@ class Service:
     async def classify(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
         decoded = await self.decode(uploads)
         rows = await self.batcher.submit(decoded)
-        tops = self.predictor.top_k(torch.stack(rows), top_k)
+        tops = self.predictor.answers(torch.stack(rows), top_k)  # a multi-label model: label sets
+        multilabel = self.predictor.model.multilabel
         return [
-            prediction_record(Prediction(name, top)) for (name, _), top in zip(uploads, tops, strict=True)
+            prediction_record(Prediction(name, top, multilabel=multilabel))
+            for (name, _), top in zip(uploads, tops, strict=True)
         ]
 
     async def decode(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:

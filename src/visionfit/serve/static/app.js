@@ -148,8 +148,11 @@ function addWhyToggle(card, file) {
 
 function showPrediction(card, record) {
   const list = make("ol", "classes");
-  list.setAttribute("aria-label", "Top classes");
-  for (const entry of record.top) {
+  // A multi-label model answers with the set of labels at or above their thresholds.
+  const entries = record.labels ?? record.top;
+  list.setAttribute("aria-label", record.labels ? "Labels" : "Top classes");
+  if (entries.length === 0) list.append(make("li", "", "no label above its threshold"));
+  for (const entry of entries) {
     const item = make("li");
     const label = make("div", "bar-label");
     label.append(make("span", "class-name", entry.class), make("span", "probability", percent(entry.probability)));
