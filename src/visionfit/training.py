@@ -7,6 +7,7 @@ not `train`, so that `visionfit.train` stays the function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,11 @@ class TrainResult:
 
 
 def train(
-    config: TrainConfig | None = None, *, resume: str | Path | None = None, **overrides: Any
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
 ) -> TrainResult:
     """Train a model as `config` says and return where the run went and how it did.
 
@@ -97,6 +102,7 @@ def train(
     per class); load its checkpoints with `load_model(path, model=a_fresh_instance)`.
     `resume=RUN_DIR` continues that run from its last checkpoint, exactly where it stopped;
     `resume="auto"` continues the newest unfinished run with the same config, or starts one.
+    `on_epoch(record)` sees each epoch's record (`visionfit tune` reports it, and may end the run).
     """
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
@@ -146,7 +152,7 @@ def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainRe
     run = TrainingRun(config, runtime, *parts)
     announce(run, plan, state, data_path)
     with catching_stop_signals():  # SIGTERM, SIGINT, SIGUSR1: save after the current step, then stop
-        result = finish(run, state, history, guarded_fit(run, state, history))
+        result = finish(run, state, history, guarded_fit(run, state, history, on_epoch))
     end_processes(started)
     lock.release()
     return result
@@ -335,14 +341,19 @@ def log_examples(run: TrainingRun) -> None:
     run.events.graph(run.plain_model, example)
 
 
-def guarded_fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
+def guarded_fit(
+    run: TrainingRun,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Evaluation | None:
     """`epochs.fit`, with the run marked failed or interrupted when it stops early, and the one-line
     errors for a non-finite loss and a lost process."""
     run_dir = run.checkpoints.folder.parent
     try:
         if state.global_step == 0 and run.runtime.is_main:
             log_examples(run)
-        return fit(run, state, history)
+        return fit(run, state, history, on_epoch)
     except NonFiniteLossError as error:
         if run.runtime.is_main:
             write_status(run_dir, status="failed", reason=f"non-finite loss at step {state.global_step + 1}")

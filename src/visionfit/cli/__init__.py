@@ -26,11 +26,13 @@ from visionfit.cli import (
     recipes,
     serve,
     train,
+    tune,
 )
 from visionfit.errors import TrainingStopped, UserError
 
 SUBCOMMANDS = (
     train,
+    tune,
     models,
     recipes,
     evaluate,

@@ -7,7 +7,7 @@ saved between their steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +71,15 @@ class TrainingRun:
         return self.features if frozen else None
 
 
-def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> Evaluation | None:
+def fit(
+    run: TrainingRun,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Evaluation | None:
     """Train the epochs from `state` on. Returns the last epoch's test, with its predictions (every
-    test sample's, on rank 0), or None when no epoch was left to train."""
+    test sample's, on rank 0), or None when no epoch was left to train. `on_epoch(record)` sees each
+    epoch's record once it is saved; an exception it raises (a pruned trial) ends the run there."""
     evaluation = None
     while state.epoch <= run.config.epochs:
         apply_freezing(run, state.epoch)
@@ -81,6 +87,8 @@ def fit(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]) -> E
         signal_number = STOP.agreed_signal() if state.epoch <= run.config.epochs else 0
         if signal_number:  # a signal during the test: the epoch's checkpoint is written, stop here
             raise stopped(signal_number, f"epoch {state.epoch - 1} is saved", run.checkpoints.folder.parent)
+        if on_epoch is not None:
+            on_epoch(history[-1])
     return evaluation
 
 

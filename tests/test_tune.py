@@ -1,0 +1,235 @@
+"""`visionfit tune`: the space file, the validation split, trials as run folders, pruning, failed
+trials, best.yaml, and several workers (and a killed one) on one SQLite study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from visionfit.cli import main
+from visionfit.config import build_config
+from visionfit.errors import UserError
+from visionfit.tune.space import default_space, parse_space, read_space
+
+optuna = pytest.importorskip("optuna")
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+TINY = ["--model", "cifar10-quick", "--no-tensorboard", "--batch-size", "8", "--workers", "0"]
+
+
+class FixedTrial:
+    """Records the suggest_* calls a space makes, answering each with its low end or first choice."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        self.calls.append(("float", name, low, high, step, log))
+        return low
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        self.calls.append(("int", name, low, high, step, log))
+        return low
+
+    def suggest_categorical(self, name, choices):
+        self.calls.append(("choice", name, tuple(choices)))
+        return choices[0]
+
+
+def test_space_file_ranges_choices_and_fixed_values(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "lr: {low: 0.001, high: 0.1, log: true}\n"
+        "batch-size: {low: 16, high: 64, step: 16}\n"
+        "auto_augment: {choices: [none, trivialwide]}\n"
+        "label_smoothing: 0.1\n"
+        "model_args: {value: {width: 8}}\n",
+        encoding="utf-8",
+    )
+    space = read_space(path)
+    trial = FixedTrial()
+    values = space.suggest(trial)
+    assert trial.calls == [
+        ("float", "lr", 0.001, 0.1, None, True),
+        ("int", "batch_size", 16, 64, 16, False),  # an int option draws ints
+        ("choice", "auto_augment", ("none", "trivialwide")),
+    ]
+    assert values == {
+        "label_smoothing": 0.1,
+        "model_args": {"width": 8},
+        "lr": 0.001,
+        "batch_size": 16,
+        "auto_augment": "none",
+    }
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"learning_rate": {"low": 0.1, "high": 1}}, "unknown train option 'learning_rate'"),
+        ({"lr": {"low": 1, "high": 0.1}}, "must be below high"),
+        ({"lr": {"low": 0, "high": 1, "log": True}}, "log range needs low > 0"),
+        ({"lr": {"low": 0.1}}, "must be a value, {choices"),
+        ({"optimizer": {"low": 1, "high": 2}}, "is not a number"),
+        ({"data_dir": {"choices": ["a", "b"]}}, "cannot be searched"),
+        ({"auto_augment": {"choices": []}}, "non-empty list"),
+        ({"lr": 0.1}, "names no option to search"),
+    ],
+)
+def test_space_errors_are_one_line_naming_the_entry(entries, message):
+    with pytest.raises(UserError, match=message.replace("{", r"\{")):
+        parse_space(entries)
+
+
+def test_default_space_follows_the_recipe():
+    scratch = default_space(build_config(flag_values={"recipe": "scratch"}))
+    lr = next(parameter for parameter in scratch.parameters if parameter.name == "lr")
+    assert (lr.low, lr.high, lr.log) == pytest.approx((0.01, 0.3, True))  # around scratch's 0.1
+    assert {"auto_augment", "mixup", "cutmix", "ema", "label_smoothing"} <= {
+        p.name for p in scratch.parameters
+    }
+    transfer = default_space(build_config(flag_values={"recipe": "transfer"}))
+    assert "backbone_lr_scale" in {parameter.name for parameter in transfer.parameters}
+
+
+def tune_command(data: Path, runs: Path, *extra: str) -> list[str]:
+    return [
+        "tune",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--run-dir",
+        str(runs),
+        *TINY,
+        *extra,
+    ]
+
+
+def load_study(runs: Path, name: str = "tune"):
+    storage = f"sqlite:///{(runs / name / 'study.db').resolve()}"
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_tune_trials_are_run_folders_on_a_validation_split_and_best_yaml_trains(
+    capsys, split_dataset, tmp_path
+):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 0.01, high: 0.1, log: true}\n", encoding="utf-8")
+    runs = tmp_path / "runs"
+    code = main(tune_command(split_dataset, runs, "--epochs", "1", "--trials", "2", "--space", str(space)))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| trial | val accuracy | epochs | lr | run folder |" in out
+    assert "its test accuracy, measured once:" in out
+    study = load_study(runs)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    # The validation images are training images, never the test (val/) folder's.
+    held_out = list((runs / "tune" / "validation-data" / "val").rglob("*.png"))
+    assert held_out and all(path.resolve().parent.parent.name == "train" for path in held_out)
+    for trial in study.trials:
+        folder = runs / "tune" / "trials" / f"trial-{trial.number:04d}"
+        status = json.loads((folder / "run.json").read_text())
+        assert status["status"] == "finished" and status["trial"] == trial.number
+        assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
+        assert (folder / "checkpoints" / "best.safetensors").is_file()
+    assert {path.name for path in (runs / "tune").glob("*.png")} >= {"optimization_history.png"}
+    best = runs / "tune" / "best.yaml"
+    text = best.read_text()
+    assert f"data_dir: {split_dataset}" in text and f"lr: {study.best_params['lr']}" in text
+    code = main(["train", "--config", str(best), "--run-dir", str(tmp_path / "final"), "--name", "best"])
+    assert code == 0
+    assert json.loads((tmp_path / "final" / "best" / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_failing_trial_is_marked_failed_and_the_study_goes_on(capsys, folder_dataset, tmp_path):
+    from visionfit.tune.search import TuneOptions, tune
+    from visionfit.tune.study import StudyOptions, done_trials, open_study
+
+    runs = tmp_path / "runs"
+    base = build_config(flag_values={"dataset": "folder", "data_dir": str(folder_dataset), "epochs": 1,
+                                     "model": "cifar10-quick", "tensorboard": False, "batch_size": 8,
+                                     "run_dir": str(runs)})  # fmt: skip
+    space = parse_space({"model": {"choices": ["cifar10-quick", "no-such-model"]}})
+    study_options = StudyOptions("tune", runs / "tune", sampler="random")
+    study = open_study(study_options, epochs=1)
+    study.enqueue_trial({"model": "no-such-model"})
+    study.enqueue_trial({"model": "cifar10-quick"})
+    result = tune(base, space, study_options, TuneOptions(trials=2, final_test=False))
+    states = [trial.state.name for trial in load_study(runs).trials]
+    assert states == ["FAIL", "COMPLETE"]
+    assert "no-such-model" in load_study(runs).trials[0].user_attrs["failure"]
+    assert done_trials(load_study(runs)) == 2 and result.best_config is not None
+
+
+def test_pruned_trial_stops_early_and_says_so_in_run_json(capsys, folder_dataset, tmp_path):
+    from visionfit.tune.search import TuneOptions, tune
+    from visionfit.tune.study import StudyOptions, open_study
+
+    runs = tmp_path / "runs"
+    base = build_config(flag_values={"dataset": "folder", "data_dir": str(folder_dataset), "epochs": 4,
+                                     "model": "cifar10-quick", "tensorboard": False, "batch_size": 8,
+                                     "optimizer": "adamw", "run_dir": str(runs)})  # fmt: skip
+    space = parse_space({"lr": {"choices": [0.003, 1e-9]}})
+    study_options = StudyOptions("tune", runs / "tune", startup_trials=1)
+    study = open_study(study_options, epochs=4)
+    study.enqueue_trial({"lr": 0.003})  # learns the three colours
+    study.enqueue_trial({"lr": 1e-9})  # learns nothing: pruned after epoch 2
+    tune(base, space, study_options, TuneOptions(trials=2, final_test=False))
+    trials = load_study(runs).trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "PRUNED"]
+    status = json.loads((runs / "tune" / "trials" / "trial-0001" / "run.json").read_text())
+    assert status["status"] == "pruned" and status["pruned_at_epoch"] == 2
+    assert trials[1].user_attrs["epochs_trained"] == 2
+
+
+def worker(data: Path, runs: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "visionfit", *tune_command(data, runs, "--no-final-test", *extra)]
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_two_workers_share_one_sqlite_study(folder_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ("--epochs", "1", "--trials", "4", "--sampler", "random")
+    workers = [worker(folder_dataset, runs, *extra) for _ in range(2)]
+    for process in workers:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()[-2000:]
+    trials = load_study(runs).trials
+    numbers = [trial.number for trial in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # no number twice, none missing
+    assert all(trial.state.name == "COMPLETE" for trial in trials)  # none lost or left running
+    assert 4 <= len(trials) <= 5  # the second worker may start one while the first ends the 4th
+    folders = sorted(path.name for path in (runs / "tune" / "trials").iterdir())
+    assert folders == [f"trial-{number:04d}" for number in sorted(numbers)]  # one run folder each
+
+
+def test_a_killed_worker_leaves_a_consistent_study_that_a_restart_finishes(folder_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ("--epochs", "6", "--trials", "1", "--pruner", "none", "--heartbeat", "1")
+    first = worker(folder_dataset, runs, *extra)
+    metrics = runs / "tune" / "trials" / "trial-0000" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        assert first.poll() is None and time.monotonic() < deadline, "the trial never got going"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)  # mid-trial: trial 0 is left RUNNING
+    first.wait()
+    assert [trial.state.name for trial in load_study(runs).trials] == ["RUNNING"]
+    time.sleep(2.5)  # its heartbeat goes stale (grace: twice the heartbeat)
+    second = worker(folder_dataset, runs, *extra)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err.decode()[-2000:]
+    trials = load_study(runs).trials
+    assert trials[0].state.name == "FAIL" and "failure" not in trials[0].user_attrs
+    retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == trials[0].params  # the same trial, run again
+    assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]  # one done trial, not two
