@@ -233,3 +233,11 @@ def test_a_killed_worker_leaves_a_consistent_study_that_a_restart_finishes(folde
     retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].params == trials[0].params  # the same trial, run again
     assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]  # one done trial, not two
+
+
+def test_without_optuna_tune_says_which_extra_to_install(capsys, monkeypatch, folder_dataset, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    code = main(tune_command(folder_dataset, tmp_path / "runs", "--trials", "1"))
+    assert code == 2
+    assert "pip install 'visionfit[tune]'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

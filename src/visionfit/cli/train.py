@@ -52,11 +52,11 @@ def add_parser(commands: Any) -> None:
         help="train in N processes on this machine (one per GPU, or CPU processes), started "
         "through torchrun; --batch-size stays the global batch",
     )
-    _add_config_options(parser)
+    add_config_options(parser)
     parser.set_defaults(handler=run)
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its help, group, choices and type."""
     hints = typing.get_type_hints(TrainConfig)
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}

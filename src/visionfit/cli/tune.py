@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from visionfit.cli.arguments import positive
-from visionfit.cli.train import _add_config_options
+from visionfit.cli.train import add_config_options
 from visionfit.config import build_config, read_config_file
 from visionfit.errors import UserError
 
@@ -88,7 +88,7 @@ def add_parser(commands: Any) -> None:
         help="measure the best trial's checkpoint once on the test split at the end (default: on)",
     )
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="train options file")
-    _add_config_options(parser)
+    add_config_options(parser)
     parser.set_defaults(handler=run)
 
 
