@@ -82,12 +82,13 @@ def best_trial_test(base: TrainConfig, run_folder: Path) -> float:
     """The best trial's best checkpoint on the test split of the user's data: measured once, at the
     end, and never used to choose anything."""
     from visionfit.evaluation import evaluate_checkpoint
+    from visionfit.inference import InferenceOptions
 
     evaluation = evaluate_checkpoint(
         run_folder / "checkpoints" / "best.safetensors",
+        InferenceOptions(device=base.device),
         dataset=base.dataset,
         data_dir=base.data_dir,
         split="test",
-        device=base.device,
     )
     return float(evaluation.report["accuracy"])
