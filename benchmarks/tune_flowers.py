@@ -61,7 +61,7 @@ def run_study(work: Path, data: Path, name: str, pruner: str, trials: int, epoch
 
     started = time.perf_counter()
     command = ["tune", *base_flags(data, epochs), "--run-dir", str(work), "--study", name]
-    command += ["--pruner", pruner, "--trials", str(trials), "--sampler-seed", "0", "--no-final-test"]
+    command += ["--pruner", pruner, "--trials", str(trials), "--search-seed", "0", "--no-final-test"]
     if main(command) != 0:
         raise SystemExit(f"study {name} failed")
     wall = time.perf_counter() - started

@@ -198,7 +198,7 @@ def worker(data: Path, runs: Path, *extra: str) -> subprocess.Popen:
 
 def test_two_workers_share_one_sqlite_study(folder_dataset, tmp_path):
     runs = tmp_path / "runs"
-    extra = ("--epochs", "1", "--trials", "4", "--sampler", "random")
+    extra = ("--epochs", "1", "--trials", "4", "--search", "random")
     workers = [worker(folder_dataset, runs, *extra) for _ in range(2)]
     for process in workers:
         _, err = process.communicate(timeout=300)

@@ -63,11 +63,16 @@ def add_parser(commands: Any) -> None:
         help="Optuna RDB URL shared by several workers, e.g. postgresql://host/db (default: "
         "sqlite:///RUN_DIR/STUDY/study.db)",
     )
-    search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search algorithm (default: tpe)")
+    search.add_argument(
+        "--search",
+        choices=SAMPLERS,
+        default="tpe",
+        help="Optuna's sampler, the search algorithm (default: tpe)",
+    )
     search.add_argument(
         "--pruner", choices=PRUNERS, default="median", help="stop poor trials early (default: median)"
     )
-    search.add_argument("--sampler-seed", type=int, default=0, help="the sampler's seed (default: 0)")
+    search.add_argument("--search-seed", type=int, default=0, help="the search algorithm's seed (default: 0)")
     search.add_argument(
         "--validation-share",
         type=fraction,
@@ -98,9 +103,9 @@ SEARCH_KEYS = (
     "timeout",
     "study",
     "storage",
-    "sampler",
+    "search",
     "pruner",
-    "sampler_seed",
+    "search_seed",
     "validation_share",
     "heartbeat",
     "final_test",
@@ -133,9 +138,9 @@ def run(arguments: argparse.Namespace) -> int:
         name=search["study"],
         folder=Path(base.run_dir).expanduser() / search["study"],
         storage=search["storage"],
-        sampler=search["sampler"],
+        sampler=search["search"],
         pruner=search["pruner"],
-        seed=search["sampler_seed"],
+        seed=search["search_seed"],
         heartbeat=search["heartbeat"],
     )
     options = TuneOptions(
