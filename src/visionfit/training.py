@@ -107,13 +107,17 @@ def train(
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
         overrides["model"] = class_reference(instance)
-    return run_training(plan_run(config, resume, overrides), instance)
+    return run_training(plan_run(config, resume, overrides), instance, on_epoch)
 
 
-def run_training(plan: ResumePlan, instance: nn.Module | None = None) -> TrainResult:
+def run_training(
+    plan: ResumePlan,
+    instance: nn.Module | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train as a finished plan says (`engine.resume.plan_run`: its config validated, the config of
     the run it continues read): nothing here checks the options again. `instance`: the user's own
-    `nn.Module` the config's model names."""
+    `nn.Module` the config's model names; `on_epoch` as in `train`."""
     setup_logging()
     started = init_processes(plan.config.dist_timeout)  # under torchrun: join the other processes
     stop_with_parent()  # a torchrun worker dies with its agent instead of training on as an orphan
