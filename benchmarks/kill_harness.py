@@ -56,7 +56,7 @@ def make_dataset(root: Path, per_class: int) -> Path:
 def train_arguments(data: Path, runs: Path, name: str, epochs: int) -> list[str]:
     return [
         sys.executable, "-m", "visionfit", "train", "--nproc", "2", "--dataset", "folder",
-        "--data-dir", str(data), "--val-fraction", "0.2", "--epochs", str(epochs), "--batch-size", "8",
+        "--data-dir", str(data), "--test-fraction", "0.2", "--epochs", str(epochs), "--batch-size", "8",
         "--lr", "0.01", "--workers", "0", "--deterministic", "--checkpoint-every-steps", "1",
         "--log-every", "1", "--run-dir", str(runs), "--name", name,
     ]  # fmt: skip

@@ -249,7 +249,7 @@ def test_unreadable_image_is_a_one_line_error(capsys, folder_dataset, tmp_path):
         "1",
         "--run-dir",
         str(tmp_path),
-        "--val-fraction",
+        "--test-fraction",
         "0.5",
         *FAST,
     )

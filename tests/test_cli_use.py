@@ -186,7 +186,7 @@ def test_end_of_run_plots_test_as_the_run_did(tmp_path):
 
     data = make_noisy_dataset(tmp_path / "noisy", per_class=12)
     run = tmp_path / "runs" / "tta"
-    flags = ["--dataset", "folder", "--data-dir", str(data), "--val-fraction", "0.5", "--epochs", "1"]
+    flags = ["--dataset", "folder", "--data-dir", str(data), "--test-fraction", "0.5", "--epochs", "1"]
     flags += ["--batch-size", "4", "--test-time-flip", "--precision", "fp32", "--no-tensorboard"]
     assert main(["train", *flags, "--run-dir", str(run.parent), "--name", "tta"]) == 0
     assert main(["eval", str(run), "--out", str(tmp_path / "report"), "--precision", "fp32"]) == 0

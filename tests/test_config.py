@@ -69,7 +69,7 @@ def test_unknown_recipe_is_refused():
         ({"batch_size": 0}, "--batch-size must be at least 1"),
         ({"batch_size": 2.5}, "batch_size must be int"),
         ({"momentum": 1.5}, r"--momentum must be in \[0, 1\)"),
-        ({"val_fraction": 1.0}, "--val-fraction must be between 0 and 1"),
+        ({"test_fraction": 1.0}, "--test-fraction must be between 0 and 1"),
         ({"mean": [0.5, 0.5]}, "mean needs 3 comma-separated numbers"),
         ({"std": "1,0,1"}, "--std values must be positive"),
         ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),

@@ -170,7 +170,7 @@ def _train_arguments(data: Path, run_dir: Path, name: str) -> list[str]:
         "folder",
         "--data-dir",
         str(data),
-        "--val-fraction",
+        "--test-fraction",
         "0.25",
         "--epochs",
         "2",

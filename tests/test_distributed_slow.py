@@ -219,7 +219,7 @@ def finish(process: subprocess.Popen, lines: list[str], timeout: float = 600) ->
 
 def small_run_arguments(data: Path, run_dir: Path, name: str, epochs: int = 3) -> list[str]:
     return [
-        "--dataset", "folder", "--data-dir", str(data), "--val-fraction", "0.2",
+        "--dataset", "folder", "--data-dir", str(data), "--test-fraction", "0.2",
         "--epochs", str(epochs), "--batch-size", "8", "--workers", "0", "--deterministic",
         "--checkpoint-every-steps", "1", "--log-every", "1", "--run-dir", str(run_dir), "--name", name,
     ]  # fmt: skip

@@ -117,7 +117,7 @@ def settings(data: Path, run_dir: Path, **extra: object) -> dict[str, object]:
     values: dict[str, object] = {
         "dataset": "folder",
         "data_dir": str(data),
-        "val_fraction": 0.25,
+        "test_fraction": 0.25,
         "model": "airnet",
         "model_args": {"width": 8},
         "epochs": 1,

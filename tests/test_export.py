@@ -46,7 +46,7 @@ def write_checkpoint(path: Path, data: Path | None, flip: bool = True) -> Path:
     model = create_model("cifar10-quick", len(CLASSES))
     config = {"test_time_flip": flip}
     if data is not None:
-        config |= {"dataset": "folder", "data_dir": str(data), "val_fraction": 0.25, "seed": 0}
+        config |= {"dataset": "folder", "data_dir": str(data), "test_fraction": 0.25, "seed": 0}
     metadata = checkpoint_metadata(
         ModelRecord("cifar10-quick", len(CLASSES)), CLASSES, PREPROCESS, config=config, epoch=3
     )
@@ -112,7 +112,7 @@ def test_one_verified_self_contained_file_whose_metadata_round_trips(exported):
     assert metadata["training_data"] == {
         "dataset": "folder",
         "data_dir": str(data),
-        "val_fraction": 0.25,
+        "test_fraction": 0.25,
         "seed": 0,
     }
     assert {"visionfit", "torch", "onnx", "onnxruntime"} <= set(metadata["versions"])

@@ -172,7 +172,7 @@ def test_bad_files_stop_training_before_it_starts_with_one_line(corpus, tmp_path
 
 def test_skip_trains_on_the_rest_and_lists_what_it_left_out(corpus, tmp_path, capsys):
     before = tree_digest(corpus)
-    assert main(train_on(corpus, tmp_path, "--bad-images", "skip", "--val-fraction", "0.3")) == 0
+    assert main(train_on(corpus, tmp_path, "--bad-images", "skip", "--test-fraction", "0.3")) == 0
     run = tmp_path / "runs" / "r"
     listed = (run / "skipped_images.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == sorted(BAD)

@@ -50,7 +50,7 @@ def test_eval_reads_the_checkpoints_own_split_and_prints_nothing(tmp_path, capsy
     path = tmp_path / "model.safetensors"
     save_checkpoint(path, model.state_dict(), metadata)
     checkpoint = load_checkpoint(path)
-    own, expected = checkpoint.training_data(), load_data("folder", str(data_dir), val_fraction=0.25, seed=3)
+    own, expected = checkpoint.training_data(), load_data("folder", str(data_dir), test_fraction=0.25, seed=3)
     names = [own.test.name(index) for index in range(len(own.test))]
     assert names == [expected.test.name(index) for index in range(len(expected.test))] and len(names) == 6
     assert checkpoint.preprocess == PREPROCESS

@@ -31,7 +31,7 @@ def command(data: Path, run_dir: Path, name: str, epochs: int) -> list[str]:
         "folder",
         "--data-dir",
         str(data),
-        "--val-fraction",
+        "--test-fraction",
         "0.2",
         "--epochs",
         str(epochs),

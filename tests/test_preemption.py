@@ -34,7 +34,7 @@ def train_command(data: Path, run_dir: Path, name: str, epochs: int = 3) -> list
     """A --deterministic run whose only mid-epoch checkpoints are the ones a signal asks for."""
     return [
         sys.executable, "-m", "visionfit", "train", "--dataset", "folder", "--data-dir", str(data),
-        "--val-fraction", "0.2", "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.01",
+        "--test-fraction", "0.2", "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.01",
         "--workers", "2", "--deterministic", "--checkpoint-every-steps", "0",
         "--checkpoint-every-minutes", "0", "--log-every", "1", "--run-dir", str(run_dir), "--name", name,
     ]  # fmt: skip

@@ -26,7 +26,7 @@ SIGNAL_SEED = int(os.environ.get("VISIONFIT_KILL_SEED", "1234"))
 def two_processes(data: Path, runs: Path, name: str) -> list[str]:
     return [
         sys.executable, "-m", "visionfit", "train", "--nproc", "2", "--dataset", "folder",
-        "--data-dir", str(data), "--val-fraction", "0.2", "--epochs", "3", "--batch-size", "8",
+        "--data-dir", str(data), "--test-fraction", "0.2", "--epochs", "3", "--batch-size", "8",
         "--lr", "0.01", "--workers", "0", "--deterministic", "--checkpoint-every-steps", "0",
         "--checkpoint-every-minutes", "0", "--log-every", "1", "--run-dir", str(runs), "--name", name,
     ]  # fmt: skip

@@ -36,7 +36,7 @@ def settings(data: Path, run_dir: Path, **extra: object) -> dict[str, object]:
     values: dict[str, object] = {
         "dataset": "folder",
         "data_dir": str(data),
-        "val_fraction": 0.2,
+        "test_fraction": 0.2,
         "epochs": 3,
         "batch_size": 4,
         "lr": 0.05,

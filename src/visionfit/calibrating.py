@@ -67,6 +67,8 @@ def named_split(data: Any, split: str) -> Samples:
         raise UserError(f"--split must be one of {', '.join(CALIBRATION_SPLITS)}, got {split!r}")
     if split == "val":
         validation = getattr(data, "val", None)
+        if validation is None and getattr(data, "validation", False):  # a label file's val rows
+            validation = data.test
         if validation is None:
             raise UserError(
                 f"{data.description} has no validation split; hold one out of train (train with "

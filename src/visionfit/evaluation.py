@@ -100,6 +100,8 @@ def _select_split(data: DataSplits, split: str) -> tuple[Samples, str]:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "train":
         return data.train, "train split"
+    if split == "val" and data.val is not None:
+        return data.val, "validation split"
     return data.test, "held-out split" if split == "val" else "test split"
 
 
@@ -118,9 +120,9 @@ def evaluate_checkpoint(
 
     Without `dataset`/`data_dir`, the ones the checkpoint was trained on; a folder dataset without
     train/ and val/ sub-folders is split with the checkpoint's own seed and fraction, so "test" is
-    the very images training held out. "val" and "test" both name the held-out split. An exported
-    `.onnx` file is evaluated on onnxruntime, on its checkpoint's data by default. Messages (which
-    data were read) go through `logging`.
+    the very images training held out. "val" is the validation split when the run had one, else,
+    like "test", the held-out split. An exported `.onnx` file is evaluated on onnxruntime, on its
+    checkpoint's data by default. Messages (which data were read) go through `logging`.
     """
     model = load_for_inference(checkpoint, options)
     data = model.training_data(dataset, data_dir)

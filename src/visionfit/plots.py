@@ -101,18 +101,19 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
     figure = _figure(10, 4)
     loss_axes, accuracy_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     loss_axes.plot(epochs, [record["train_loss"] for record in history], marker="o", label="train")
-    tested = [record for record in history if record["test"] is not None]  # --test-every skips some
+    split = "val" if any("val" in record for record in history) else "test"  # the split of each epoch
+    tested = [record for record in history if record.get(split) is not None]  # --test-every skips some
     tested_epochs = [record["epoch"] for record in tested]
-    loss_axes.plot(tested_epochs, [record["test"]["loss"] for record in tested], marker="o", label="test")
+    loss_axes.plot(tested_epochs, [record[split]["loss"] for record in tested], marker="o", label=split)
     loss_axes.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     loss_axes.legend()
     accuracy_axes.plot(
-        tested_epochs, [record["test"]["accuracy"] for record in tested], marker="o", label="top-1"
+        tested_epochs, [record[split]["accuracy"] for record in tested], marker="o", label="top-1"
     )
-    if all("top5_accuracy" in record["test"] for record in tested):
-        top5 = [record["test"]["top5_accuracy"] for record in tested]
+    if all("top5_accuracy" in record[split] for record in tested):
+        top5 = [record[split]["top5_accuracy"] for record in tested]
         accuracy_axes.plot(tested_epochs, top5, marker="o", label="top-5")
-    accuracy_axes.set(title="test accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    accuracy_axes.set(title=f"{split} accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     accuracy_axes.legend()
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)

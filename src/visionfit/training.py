@@ -23,6 +23,7 @@ from visionfit.data.exclusion import exclude_files, summarize_exclusions
 from visionfit.data.label_options import label_file_options
 from visionfit.data.memory import choose_data_path
 from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.samples import Samples
 from visionfit.data.scan import find_bad_images_once, screen_images
 from visionfit.data.transforms import Preprocess
 from visionfit.distributed import (
@@ -74,6 +75,9 @@ class TrainResult:
     classes: list[str]
     history: list[dict[str, Any]]
     best_epoch: int
+    # With a validation split: the test split's report of the best weights, measured once at the end
+    # (each epoch's record then holds "val"). Without one, None: each epoch's record holds "test".
+    test: dict[str, Any] | None = None
 
     @property
     def best_checkpoint(self) -> Path:
@@ -128,11 +132,12 @@ def run_training(
     runtime = create_runtime(plan.config.device, plan.config.precision, plan.config.channels_last)
     configure_determinism(plan.config.deterministic)
     config, data, skipped = load_training_data(plan.config)
+    epoch_data = data.for_epochs()  # with a validation split, the epochs never see the test split
     preprocess = resolve_preprocess(config, data.image_side, instance)
-    data_path = check_run_setup(config, runtime, data, preprocess)
+    data_path = check_run_setup(config, runtime, epoch_data, preprocess)
     seed_everything(config.seed)
     model = build_training_model(config, runtime, data, preprocess, instance, plan)
-    run_data = RunData(config, runtime, data, preprocess, data_path, logger.info)
+    run_data = RunData(config, runtime, epoch_data, preprocess, data_path, logger.info)
     batches, test_batches = create_batches(run_data)
     optimization = create_optimization(model, config, runtime, len(data.classes), batches.batches_per_epoch())
     run_dir = plan.folder or broadcast_from_main(
@@ -152,11 +157,22 @@ def run_training(
         run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
     )
     features = frozen_features(unwrap_model(model), run_data)
-    parts = (data, preprocess, model, batches, test_batches, optimization, checkpoints, events, ema, features)
+    parts = (
+        epoch_data,
+        preprocess,
+        model,
+        batches,
+        test_batches,
+        optimization,
+        checkpoints,
+        events,
+        ema,
+        features,
+    )
     run = TrainingRun(config, runtime, *parts)
     announce(run, plan, state, data_path)
     with catching_stop_signals():  # SIGTERM, SIGINT, SIGUSR1: save after the current step, then stop
-        result = finish(run, state, history, guarded_fit(run, state, history, on_epoch))
+        result = finish(run, state, history, guarded_fit(run, state, history, on_epoch), data)
     end_processes(started)
     lock.release()
     return result
@@ -169,6 +185,7 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
         lambda: load_data(
             config.dataset,
             config.data_dir,
+            test_fraction=config.test_fraction,
             val_fraction=config.val_fraction,
             seed=config.seed,
             notify=logger.info,
@@ -308,11 +325,23 @@ def run_checkpoints(
         data.classes,
         preprocess,
         config.to_dict(),
-        {"train": len(data.train), "test": len(data.test)},
+        {
+            "train": len(data.train),
+            "test": len(data.test),
+            **({"val": len(data.val)} if data.val is not None else {}),
+        },
         every_steps=config.checkpoint_every_steps,
         every_minutes=config.checkpoint_every_minutes,
         keep_every_epoch=config.keep_every_epoch,
     )
+
+
+def data_sizes(data: DataSplits) -> dict[str, int]:
+    """The split sizes a checkpoint records (a resumed run checks them): val only when there is one."""
+    sizes = {"train": len(data.train), "test": len(data.test)}
+    if data.val is not None:
+        sizes["val"] = len(data.val)
+    return sizes
 
 
 def announce(run: TrainingRun, plan: ResumePlan, state: TrainState, data_path: str) -> None:
@@ -332,6 +361,11 @@ def announce(run: TrainingRun, plan: ResumePlan, state: TrainState, data_path: s
         )
     if plan.folder is not None:
         logger.info(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.global_step})")
+    if not run.data.validation:
+        logger.info(
+            "no validation split: best is chosen on the test split, which then measures a choice made "
+            "on it (--val-fraction 0.1, or train/, val/ and test/ folders, keep the test split for the end)"
+        )
 
 
 def log_examples(run: TrainingRun) -> None:
@@ -387,7 +421,7 @@ def guarded_fit(
 def calibrate_on_validation(run: TrainingRun) -> None:
     """With a validation split in the held-out place (the epochs' view of data that have one) and
     --calibrate (the default): the temperature of the best and last checkpoints, fitted on it."""
-    if not run.config.calibrate or getattr(run.data, "held_out", "test") != "val":
+    if not run.config.calibrate or not run.data.validation:
         return
     from visionfit.calibrating import calibrate_run_checkpoints
 
@@ -406,31 +440,83 @@ def calibrate_on_validation(run: TrainingRun) -> None:
 
 
 def finish(
-    run: TrainingRun, state: TrainState, history: list[dict[str, Any]], last_test: Evaluation | None
+    run: TrainingRun,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    last_test: Evaluation | None,
+    data: DataSplits,
 ) -> TrainResult:
-    """The end-of-run plots (rank 0, from the last epoch's test), the hparams summary, the finished
-    status and the last epoch's table."""
+    """The test of the run's weights (with a validation split apart from test: the best weights, on
+    the test split, measured once here), the end-of-run plots (rank 0), the hparams summary, the
+    finished status and the test's table."""
     config, run_dir, classes = run.config, run.checkpoints.folder.parent, run.data.classes
-    if last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
+    held_out = run.data.held_out
+    final_test = None
+    if held_out == "val":
+        from visionfit.engine.heldout import test_best_weights
+
+        last_test = test_best_weights(run, data.test)  # every rank
+        final_test = last_test.sums.report(classes)
+    elif last_test is None:  # resumed after its last epoch: test the final weights again (every rank)
         last_test = test(run, config.epochs, keep_predictions=True)
-    predictions = last_test.predictions
     best = next(record for record in history if record["epoch"] == state.best_epoch)
-    result = TrainResult(run_dir, classes, history, state.best_epoch)
+    result = TrainResult(run_dir, classes, history, state.best_epoch, final_test)
     if not run.runtime.is_main:
         run.events.close()
         return result
     if config.task != "multilabel":  # a temperature scales one softmax; a multi-label model has thresholds
         calibrate_on_validation(run)
+    # The plots' confusion matrix and mistakes are the test's: the last epoch's, or the final one's.
+    plotted = history if final_test is None else [*history[:-1], {**history[-1], "test": final_test}]
+    write_end_of_run(run, state, plotted, last_test, best, data)
+    if final_test is not None:
+        logger.info(format_report(final_test, classes))
+    else:
+        logger.info(final_table(config, history[-1]["test"], best["test"], classes))
+    headline = (
+        f"mAP {best[held_out]['map']:.3f}"
+        if "map" in best[held_out]
+        else f"accuracy {best[held_out]['accuracy']:.2%}"
+    )
+    chosen = f"best {held_out} {headline} at epoch {state.best_epoch}; "
+    if final_test is not None:
+        chosen += f"test accuracy of those weights {final_test['accuracy']:.2%} (measured once, now); "
+    logger.info(
+        f"{chosen}checkpoints in {run.checkpoints.folder}; "
+        f"view curves with: tensorboard --logdir {Path(config.run_dir)}"
+    )
+    return result
+
+
+def write_end_of_run(
+    run: TrainingRun,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    last_test: Evaluation,
+    best: dict[str, Any],
+    data: DataSplits,
+) -> None:
+    """Rank 0: the plots, TensorBoard's hparams summary and run.json's finished status."""
+    config, run_dir = run.config, run.checkpoints.folder.parent
+    held_out, final = run.data.held_out, history[-1]["test"]
     step = state.global_step
-    write_end_plots(run, run_dir, history, predictions, step)
+    write_end_plots(run, run_dir, history, last_test.predictions, data.test, step)
     hyperparameters = {
         key: value for key, value in config.to_dict().items() if key not in ("run_dir", "name")
     }
     summary = {
-        "hparam/test_accuracy": best["test"]["accuracy"],
-        "hparam/test_loss": best["test"]["loss"],
+        f"hparam/{held_out}_accuracy": best[held_out]["accuracy"],
+        f"hparam/{held_out}_loss": best[held_out]["loss"],
         "hparam/best_epoch": float(state.best_epoch),
     }
+    tested: dict[str, Any] = {"best_chosen_on": held_out}
+    if held_out == "val":
+        summary.update({"hparam/test_accuracy": final["accuracy"], "hparam/test_loss": final["loss"]})
+        tested["test"] = {
+            "accuracy": final["accuracy"],
+            "loss": final["loss"],
+            "macro_f1": final["macro"]["f1"],
+        }
     run.events.hparams(hyperparameters, summary, step=step)
     run.events.close()
     write_status(
@@ -438,27 +524,21 @@ def finish(
         status="finished",
         finished=now(),
         best_epoch=state.best_epoch,
-        best_accuracy=best["test"]["accuracy"],
+        best_accuracy=best[held_out]["accuracy"],
+        **tested,
     )
-    logger.info(final_table(config, history[-1]["test"], best["test"], classes))
-    headline = (
-        f"mAP {best['test']['map']:.3f}"
-        if "map" in best["test"]
-        else f"accuracy {best['test']['accuracy']:.2%}"
-    )
-    logger.info(
-        f"best test {headline} at epoch {state.best_epoch}; "
-        f"checkpoints in {run.checkpoints.folder}; "
-        f"view curves with: tensorboard --logdir {Path(config.run_dir)}"
-    )
-    return result
 
 
 def write_end_plots(
-    run: TrainingRun, run_dir: Path, history: list[dict[str, Any]], predictions: Any, step: int
+    run: TrainingRun,
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    predictions: Any,
+    tested: Samples,
+    step: int,
 ) -> None:
     """The confusion matrix, mistakes and curves; for a multi-label run, per-class label counts and
-    the curves (its pictures have no one true class)."""
+    the curves (its pictures have no one true class). `tested`: the samples `predictions` are of."""
     from visionfit.evaluation import (
         collect_mistakes,
         write_label_count_plots,
@@ -471,7 +551,7 @@ def write_end_plots(
         write_label_count_plots(run_dir, history, classes, writer, step)
         return
     assert predictions is not None  # rank 0 holds every rank's predictions
-    mistakes = collect_mistakes(predictions, run.data.test, classes, run.preprocess)
+    mistakes = collect_mistakes(predictions, tested, classes, run.preprocess)
     write_training_plots(run_dir, history, mistakes, classes, writer, step)
     write_mistakes_cam(run_dir, mistakes, run.checkpoints.last, writer, step)
 

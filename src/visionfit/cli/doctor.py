@@ -28,7 +28,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--dataset", choices=dataset_names(), help="as in train")
     parser.add_argument("--data-dir", metavar="DIR", help="as in train")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="as in train (default: 0.1)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="as in train (default: 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="as in train; also the folds' (default: 0)")
     parser.add_argument(
         "--out", metavar="DIR", default="doctor-report", help="the report folder (default: doctor-report)"
@@ -90,7 +90,7 @@ def run(arguments: argparse.Namespace) -> int:
     )
     check_fail_on(options.fail_on)  # before reading any data
     data = load_data(
-        arguments.dataset, arguments.data_dir, val_fraction=arguments.val_fraction, seed=arguments.seed
+        arguments.dataset, arguments.data_dir, test_fraction=arguments.test_fraction, seed=arguments.seed
     )
     report = run_doctor(data, options)
     print(f"doctor: {len(report.issues)} issues in {report.summary['items']:,} pictures")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import types
 import typing
@@ -20,6 +21,8 @@ from visionfit.config.validation import check_config
 from visionfit.data.registry import default_recipe
 from visionfit.errors import UserError, did_you_mean
 from visionfit.recipes import RECIPES, recipe_names
+
+logger = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,6 +151,7 @@ def _layered(
 ) -> TrainConfig:
     """Defaults → recipe → file → flags. The recipe is looked up first (a flag beats the file) so
     that the file and flags override it."""
+    file_values = older_split_names(file_values, file_name)
     recipe = flag_values.get("recipe", file_values.get("recipe"))
     if recipe is None:
         recipe = _default_recipe({**file_values, **flag_values})
@@ -161,6 +165,33 @@ def _layered(
         config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
     config = apply_overrides(config, file_values, file_name)
     return apply_overrides(config, flag_values, flags_name)
+
+
+# Options every config.yaml saved by a run before --test-fraction existed holds.
+SAVED_BEFORE_TEST_FRACTION = {
+    "dataset",
+    "data_dir",
+    "val_fraction",
+    "seed",
+    "epochs",
+    "lr",
+    "run_dir",
+    "precision",
+}
+
+
+def older_split_names(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run's config.yaml saved before --test-fraction existed used `val_fraction` for the share held
+    out for testing: it still loads, as `test_fraction`, with a one-line notice. A saved config holds
+    every option, which tells it from a hand-written file that means validation by --val-fraction."""
+    if "test_fraction" in values or not set(values) >= SAVED_BEFORE_TEST_FRACTION:
+        return values
+    values["test_fraction"] = values.pop("val_fraction")
+    logger.info(
+        f"{source}: val_fraction {values['test_fraction']} is the share held out for testing in a "
+        "config from before --test-fraction; read as test_fraction (--val-fraction now holds out validation)"
+    )
+    return values
 
 
 def _default_recipe(values: dict[str, Any]) -> str | None:

@@ -66,7 +66,7 @@ class TrainConfig:
         "data",
         metavar="DIR",
     )
-    val_fraction: float = option(
+    test_fraction: float = option(
         0.1,
         "folder datasets without train/ and val/ subfolders: share of each class held out "
         "for testing (seeded, stratified)",
@@ -104,6 +104,14 @@ class TrainConfig:
         "several labels",
         "data",
         choices=TASKS,
+    )
+    val_fraction: float | None = option(
+        None,
+        "share of each class of the training images held out for validation (seeded, stratified; "
+        "any dataset): best, early stopping and thresholds are chosen on it and the test split is "
+        "measured once, on the best weights, at the end (default: no validation split; best is "
+        "chosen on the test split, as the run says)",
+        "data",
     )
     input_size: int | None = option(
         None, "image side in pixels fed to the model (default: the model's own)", "data"

@@ -88,7 +88,9 @@ def _check_rates(config: TrainConfig) -> None:
         raise UserError(f"--random-erasing must be a probability from 0 to 1, got {config.random_erasing}")
     if not 0 <= config.ema < 1:
         raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {config.ema}")
-    if not 0 < config.val_fraction < 1:
+    if not 0 < config.test_fraction < 1:
+        raise UserError(f"--test-fraction must be between 0 and 1, got {config.test_fraction}")
+    if config.val_fraction is not None and not 0 < config.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1, got {config.val_fraction}")
     if not (math.isfinite(config.backbone_lr_scale) and config.backbone_lr_scale > 0):
         raise UserError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")

@@ -120,7 +120,7 @@ def find_split_folders(root: Path) -> tuple[Path, Path] | None:
 
 
 def load_folder(
-    root: Path, val_fraction: float, seed: int
+    root: Path, test_fraction: float, seed: int
 ) -> tuple[list[str], FileSamples, FileSamples, str]:
     """Read a folder dataset; returns classes, train and test samples, and a description."""
     if not root.exists():
@@ -134,28 +134,43 @@ def load_folder(
         _, test = scan_classes(test_dir, classes)
         return classes, train, test, f"{train_dir.name}/ and {test_dir.name}/ folders of {root}"
     classes, everything = scan_classes(root)
-    train, test = stratified_split(everything, len(classes), val_fraction, seed)
+    train, test = stratified_split(everything, len(classes), test_fraction, seed)
     if len(test) == 0:
         raise UserError(
             f"{root} has too few images to hold any out for testing; add images, "
             "or create train/ and val/ sub-folders"
         )
-    return classes, train, test, f"{root}, {val_fraction:g} of each class held out (seed {seed})"
+    return classes, train, test, f"{root}, {test_fraction:g} of each class held out (seed {seed})"
 
 
 def load_folder_dataset(request: DataRequest) -> DataSplits:
     assert request.data_dir is not None  # needs_data_dir
-    classes, train, test, where = load_folder(
-        Path(request.data_dir).expanduser(), request.val_fraction, request.seed
-    )
+    root = Path(request.data_dir).expanduser()
+    if all((root / name).is_dir() for name in ("train", "val", "test")):
+        return load_three_folders(root)
+    classes, train, test, where = load_folder(root, request.test_fraction, request.seed)
     description = f"{len(classes)} classes from {where} ({len(train)} train / {len(test)} test)"
     return DataSplits("folder", classes, train, test, description)
+
+
+def load_three_folders(root: Path) -> DataSplits:
+    """ROOT/train, ROOT/val and ROOT/test: training, validation (best, early stopping) and test
+    (measured once, at the end)."""
+    classes, train = scan_classes(root / "train")
+    _, val = scan_classes(root / "val", classes)
+    _, test = scan_classes(root / "test", classes)
+    description = (
+        f"{len(classes)} classes from train/, val/ and test/ folders of {root} "
+        f"({len(train)} train / {len(val)} val / {len(test)} test)"
+    )
+    return DataSplits("folder", classes, train, test, description, val=val)
 
 
 register_dataset(
     "folder",
     load_folder_dataset,
-    description="your images, ROOT/<class>/<images> (or ROOT/train and ROOT/val)",
+    description="your images, ROOT/<class>/<images> (or ROOT/train and ROOT/val as the test split, or "
+    "ROOT/train, ROOT/val and ROOT/test)",
     needs_data_dir="ROOT, where ROOT/<class>/ holds the images",
     recognises=lambda path: bool(class_folders(path)),
     holds="class folders",

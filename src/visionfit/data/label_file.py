@@ -217,8 +217,10 @@ def load_label_file(request: DataRequest) -> DataSplits:
         held_out = samples_of(splits[held_name], index, classes, task)
         where = f"{held_name} rows"
     else:
-        train, held_out = hold_out(train, len(classes), request.val_fraction, request.seed)
-        where = f"{request.val_fraction:g} of train held out (seed {request.seed})"
+        # --val-fraction when given, else the default held-out share (--test-fraction's 0.1)
+        fraction = request.val_fraction if request.val_fraction is not None else request.test_fraction
+        train, held_out = hold_out(train, len(classes), fraction, request.seed)
+        where = f"{fraction:g} of train held out (seed {request.seed})"
     if len(train) == 0 or len(held_out) == 0:
         raise UserError(f"{source} has too few images for a train and a held-out split; add rows")
     if task == "multilabel":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ DEFAULT_DATASET = "cifar10"
 
 @dataclass
 class DataSplits:
-    """The classes and the train and test samples of one dataset."""
+    """The classes and the train, test and (when the data have one) validation samples of one
+    dataset. `held_out` names the split in the `test` place: "val" in `for_epochs`' view."""
 
     dataset: str
     classes: list[str]
@@ -39,9 +40,12 @@ class DataSplits:
     description: str
     # "single": one class per image (int64 labels); "multilabel": a set per image ((N, C) 0/1 labels).
     task: str = "single"
-    # Whether the held-out split is validation data (a label file's val rows, or a share of train),
-    # on which a multi-label run may choose its thresholds; test rows are not.
+    # Whether the held-out split (the `test` place) is validation data: a label file's val rows or
+    # its share of train, or `for_epochs`' view of data with a validation split. Best, a multi-label
+    # run's thresholds and the end-of-train temperature are chosen on it; never on test data.
     validation: bool = False
+    val: Samples | None = None  # the validation split, when the data have one apart from test
+    held_out: str = "test"
 
     @property
     def image_side(self) -> int | None:
@@ -49,30 +53,33 @@ class DataSplits:
         return self.train.image_side()
 
     def without(self, bad: set[Path]) -> DataSplits:
-        return DataSplits(
-            self.dataset,
-            self.classes,
-            self.train.without(bad),
-            self.test.without(bad),
-            self.description,
-            self.task,
-            self.validation,
-        )
+        val = self.val.without(bad) if self.val is not None else None
+        return replace(self, train=self.train.without(bad), test=self.test.without(bad), val=val)
+
+    def for_epochs(self) -> DataSplits:
+        """The splits as the epochs see them: with a validation split, the validation samples in
+        the held-out place and no test samples at all, so that nothing the epochs run (best,
+        early stopping, the feature cache) can read the test set; without one, these splits."""
+        if self.val is None:
+            return self
+        return replace(self, test=self.val, val=None, held_out="val", validation=True)
 
 
 @dataclass(frozen=True)
 class DataRequest:
-    """What a source's load function gets: the user's folder, the held-out share and seed for
-    sources that split, `notify` for one-line messages, and whether the user named no data at all
-    (then the default source may fall back to data it ships)."""
+    """What a source's load function gets: the user's folder, the share held out for testing and
+    the seed for sources that split, `notify` for one-line messages, and whether the user named no
+    data at all (then the default source may fall back to data it ships). `val_fraction` is held
+    out of train by `load_data` after the source loads, for every source alike."""
 
     data_dir: str | None
-    val_fraction: float = 0.1
+    test_fraction: float = 0.1
     seed: int = 0
     notify: Callable[[str], None] = logger.info
     unnamed: bool = False
     download: bool = True  # False: only data already on this machine (export's checks never download)
     label_file: LabelFileOptions | None = None  # --labels and its options (the `labels` source)
+    val_fraction: float | None = None
 
 
 Loader = Callable[[DataRequest], DataSplits]
@@ -144,7 +151,8 @@ def load_data(
     dataset: str | None,
     data_dir: str | None,
     *,
-    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    val_fraction: float | None = None,
     seed: int = 0,
     notify: Callable[[str], None] = logger.info,
     download: bool = True,
@@ -153,15 +161,18 @@ def load_data(
     """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through
     `notify` when it is not the default), else the default source. `download=False`: a source
     that would download raises `UserError` instead. `label_file`: the images and labels a label
-    file lists (the `labels` source, chosen when no dataset is named)."""
+    file lists (the `labels` source, chosen when no dataset is named). `val_fraction`: that share
+    of every class held out of train for validation (`hold_out_validation`; a label file holds out
+    its own share, `label_file.hold_out`)."""
     request = DataRequest(
         data_dir,
-        val_fraction,
+        test_fraction,
         seed,
         notify,
         unnamed=dataset is None and not data_dir and label_file is None,
         download=download,
         label_file=label_file,
+        val_fraction=val_fraction,
     )
     if label_file is not None and dataset not in (None, "labels"):
         raise UserError(f"--labels reads the labels dataset; drop --dataset {dataset} or --labels")
@@ -174,7 +185,48 @@ def load_data(
         dataset = found.name if found is not None else DEFAULT_DATASET
     source = get_dataset(dataset or DEFAULT_DATASET)
     check_data_dir(source.name, data_dir)
-    return source.load(request)
+    data = source.load(request)
+    if val_fraction is None or source.name == "labels":  # a label file holds out its own validation
+        return data
+    return hold_out_validation(data, val_fraction, seed)
+
+
+def hold_out_validation(data: DataSplits, fraction: float, seed: int) -> DataSplits:
+    """`data` with `fraction` of each class of its training samples moved into a validation split."""
+    if data.val is not None:
+        raise UserError(
+            f"--val-fraction holds validation images out of train, but {data.dataset} already has a "
+            "validation split (a val/ folder or a split column); leave --val-fraction out"
+        )
+    from visionfit.data.splits import VALIDATION_SEED_OFFSET, stratified_indices
+
+    labels = data.train.label_tensor()
+    if labels.dim() != 1:
+        raise UserError("--val-fraction needs one class per image; give the validation images a split")
+    kept, held_out = stratified_indices(labels, fraction, seed + VALIDATION_SEED_OFFSET)
+    if not held_out or not kept:
+        raise UserError(
+            f"--val-fraction {fraction:g} of {len(labels)} training images leaves no validation or no "
+            "training images; add images or change --val-fraction"
+        )
+    description = (
+        f"{data.description}; validation: {fraction:g} of each class of train held out "
+        f"({len(kept)} train / {len(held_out)} val, seed {seed})"
+    )
+    return replace(
+        data, train=data.train.subset(kept), val=data.train.subset(held_out), description=description
+    )
+
+
+def saved_split_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """`load_data`'s split arguments from a run's saved config (a checkpoint's, an export's), so
+    that eval and export see the run's own splits. A config from before --test-fraction existed
+    used --val-fraction for the test share."""
+    if "test_fraction" in config:
+        test_fraction, val_fraction = config["test_fraction"], config.get("val_fraction")
+    else:
+        test_fraction, val_fraction = config.get("val_fraction", 0.1), None
+    return {"test_fraction": test_fraction, "val_fraction": val_fraction, "seed": config.get("seed", 0)}
 
 
 def check_data_dir(dataset: str, data_dir: str | None) -> None:

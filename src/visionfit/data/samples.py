@@ -63,6 +63,10 @@ class Samples(Protocol):
         """These samples minus the files in `bad` (class indices unchanged)."""
         ...
 
+    def subset(self, indices: list[int]) -> Samples:
+        """The samples at `indices`, in that order (a validation split held out of train)."""
+        ...
+
 
 @dataclass
 class ArraySamples:
@@ -102,6 +106,10 @@ class ArraySamples:
     def without(self, bad: set[Path]) -> ArraySamples:
         return self
 
+    def subset(self, indices: list[int]) -> ArraySamples:
+        chosen = torch.tensor(indices, dtype=torch.int64)
+        return ArraySamples(self.images[chosen], self.labels[chosen])
+
 
 @dataclass
 class FileSamples:
@@ -138,6 +146,11 @@ class FileSamples:
     def without(self, bad: set[Path]) -> FileSamples:
         kept = [(path, label) for path, label in zip(self.paths, self.labels, strict=True) if path not in bad]
         return FileSamples([path for path, _ in kept], [label for _, label in kept])
+
+    def subset(self, indices: list[int]) -> FileSamples:
+        return FileSamples(
+            [self.paths[index] for index in indices], [self.labels[index] for index in indices]
+        )
 
 
 @dataclass

@@ -101,7 +101,7 @@ def screen_images(
     files and why; a multi-process run passes one that decodes in one process and tells the
     others): stop with the list of unreadable files (`policy` "error"), or leave them out ("skip")
     and return them for the run folder's skipped_images.txt."""
-    files = data.train.files() + data.test.files()
+    files = data.train.files() + data.test.files() + (data.val.files() if data.val is not None else [])
     if not files:
         return data, []
     bad = check(files)

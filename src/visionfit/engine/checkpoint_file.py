@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from visionfit.data.label_options import label_file_options
-from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.registry import DataSplits, load_data, saved_split_settings
 from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
 
@@ -97,8 +97,7 @@ def training_data(
     return load_data(
         dataset,
         data_dir,
-        val_fraction=config.get("val_fraction", 0.1),
-        seed=config.get("seed", 0),
+        **saved_split_settings(config),
         download=download,
         label_file=label_file_options(config) if dataset == "labels" else None,
     )

@@ -162,15 +162,20 @@ class RunCheckpoints:
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of an epoch's record, as a checkpoint carries them."""
     metrics = {"train_loss": record["train_loss"]}
-    test = record["test"]
-    if test is not None:
-        metrics.update(
-            test_loss=test["loss"], test_accuracy=test["accuracy"], test_macro_f1=test["macro"]["f1"]
-        )
-        if "top5_accuracy" in test:
-            metrics["test_top5_accuracy"] = test["top5_accuracy"]
-        if "map" in test:  # several labels per image
-            metrics.update(test_map=test["map"], test_micro_f1=test["micro"]["f1"])
+    for split in ("test", "val"):
+        report = record.get(split)
+        if report is not None:
+            metrics.update(
+                {
+                    f"{split}_loss": report["loss"],
+                    f"{split}_accuracy": report["accuracy"],
+                    f"{split}_macro_f1": report["macro"]["f1"],
+                }
+            )
+            if "top5_accuracy" in report:
+                metrics[f"{split}_top5_accuracy"] = report["top5_accuracy"]
+            if "map" in report:  # several labels per image
+                metrics.update({f"{split}_map": report["map"], f"{split}_micro_f1": report["micro"]["f1"]})
     return metrics
 
 

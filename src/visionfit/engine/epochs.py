@@ -111,8 +111,9 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
     train_loss, train_seconds = train_epoch(run, state)
     tested = time.perf_counter()
     evaluation = None
+    held_out = run.data.held_out  # "val" with a validation split: the test split waits for the end
     if epoch % config.test_every == 0 or epoch == config.epochs:
-        evaluation = test(run, epoch, keep_predictions=epoch == config.epochs)
+        evaluation = test(run, epoch, keep_predictions=epoch == config.epochs and held_out == "test")
     report = evaluation.sums.report(run.classes) if evaluation is not None else None
     record = {
         "epoch": epoch,
@@ -123,8 +124,10 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         "train_images_per_second": state.epoch_samples / max(train_seconds, 1e-9),
         "test_seconds": time.perf_counter() - tested,
         "skipped_batches": state.skipped_batches,
-        "test": report,  # None in an epoch without a test (--test-every)
+        "test": report if held_out == "test" else None,  # None in an epoch without a test (--test-every)
     }
+    if held_out == "val":
+        record["val"] = report
     history.append(record)
     run.events.epoch(record)
     score = None if report is None else report.get("map", report["accuracy"])  # multi-label: mAP
@@ -245,17 +248,19 @@ def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Eva
 
 
 def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
-    report = record["test"]
+    split = "val" if "val" in record else "test"
+    report = record[split]
     tested = ""
     if report is not None and report.get("task") == "multilabel":
         tested = (
-            f"test loss {report['loss']:.4f}  mAP {report['map']:.3f}  macro F1 {report['macro']['f1']:.3f}  "
+            f"{split} loss {report['loss']:.4f}  mAP {report['map']:.3f}  "
+            f"macro F1 {report['macro']['f1']:.3f}  "
             f"micro F1 {report['micro']['f1']:.3f}  exact {report['exact_match']:.2%}  "
             f"Hamming {report['hamming_loss']:.4f}  "
         )
     elif report is not None:
         tested = (
-            f"test loss {report['loss']:.4f}  test acc {report['accuracy']:.2%}  "
+            f"{split} loss {report['loss']:.4f}  {split} acc {report['accuracy']:.2%}  "
             f"macro F1 {report['macro']['f1']:.3f}  ECE {report['calibration']['ece']:.2%}  "
         )
     logger.info(

@@ -51,25 +51,28 @@ class RunEvents:
         if self.writer is None:
             return
         step = record["step"]
-        test = record["test"]
         self.writer.add_scalar("epoch", record["epoch"], step)
         self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
-        if test is None:  # an epoch without a test (--test-every)
-            self.writer.flush()
-            return
+        for split in ("test", "val"):  # None in an epoch without a test (--test-every)
+            if record.get(split) is not None:
+                self.split_scalars(split, record[split], step)
+        self.writer.flush()
+
+    def split_scalars(self, split: str, report: dict[str, Any], step: int) -> None:
+        """One held-out split's numbers (`split`: "test" or "val") for TensorBoard."""
+        assert self.writer is not None
         for name in ("loss", "accuracy", "top5_accuracy", "map", "exact_match", "hamming_loss"):
-            if name in test:  # multi-label tests have no top-5; single-label ones no mAP
-                self.writer.add_scalar(f"test/{name}", test[name], step)
+            if name in report:  # multi-label tests have no top-5; single-label ones no mAP
+                self.writer.add_scalar(f"{split}/{name}", report[name], step)
         for average in ("macro", "weighted", "micro"):
-            for name, value in test.get(average, {}).items():
-                self.writer.add_scalar(f"test/{average}_{name}", value, step)
-        for name in ("ece", "mce", "nll", "brier") if "calibration" in test else ():  # not multi-label
-            self.writer.add_scalar(f"test_calibration/{name}", test["calibration"][name], step)
-        for class_name, values in test["per_class"].items():
+            for name, value in report.get(average, {}).items():
+                self.writer.add_scalar(f"{split}/{average}_{name}", value, step)
+        for name in ("ece", "mce", "nll", "brier") if "calibration" in report else ():  # not multi-label
+            self.writer.add_scalar(f"{split}_calibration/{name}", report["calibration"][name], step)
+        for class_name, values in report["per_class"].items():
             for name in ("precision", "recall", "f1", "ap"):
                 if values.get(name) is not None:
-                    self.writer.add_scalar(f"test_per_class/{name}/{class_name}", values[name], step)
-        self.writer.flush()
+                    self.writer.add_scalar(f"{split}_per_class/{name}/{class_name}", values[name], step)
 
     def images(self, tag: str, images: torch.Tensor, step: int) -> None:
         if self.writer is not None:

@@ -40,6 +40,7 @@ EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 TRAINING_DATA_KEYS = (
     "dataset",
     "data_dir",
+    "test_fraction",
     "val_fraction",
     "seed",
     "labels",
