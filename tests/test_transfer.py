@@ -99,7 +99,7 @@ def test_weights_of_a_model_with_aux_heads_load_the_way_torchvision_builds_it(tm
 
 
 def test_from_scratch_batchnorm_statistics_follow_the_batches(tmp_path):
-    from visionfit.models.record import create_training_model
+    from visionfit.models.record import StartingWeights, create_training_model
 
     def momenta(model: torch.nn.Module) -> set[float]:
         return {module.momentum for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)}
@@ -121,7 +121,7 @@ def test_from_scratch_batchnorm_statistics_follow_the_batches(tmp_path):
 
     path = tmp_path / "mobilenet.safetensors"
     save_file(random_pretrained_state("mobilenet_v3_small"), str(path))
-    pretrained = create_training_model("mobilenet_v3_small", 3, {}, weights=str(path))
+    pretrained = create_training_model("mobilenet_v3_small", 3, {}, start=StartingWeights(file=str(path)))
     assert momenta(pretrained) == {0.01}  # already-right statistics keep torchvision's momentum
 
 

@@ -24,6 +24,7 @@ from visionfit.engine.checkpoint_file import load_checkpoint, resolve_checkpoint
 from visionfit.engine.loops import evaluate
 from visionfit.errors import UserError
 from visionfit.inference import InferenceModel, load_for_inference
+from visionfit.inference.options import InferenceOptions
 
 CALIBRATION_SPLITS = ("val", "train", "test")
 SPLIT_WARNINGS = {
@@ -117,24 +118,24 @@ def calibrate_checkpoint(
     dataset: str | None = None,
     data_dir: str | None = None,
     out: str | Path | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    model_code: str = "recorded",
+    options: InferenceOptions | None = None,
 ) -> CalibrationResult:
     """Fit the temperature of `checkpoint` (a file or run folder: its best checkpoint) on `split`
     of `dataset`/`data_dir` (default: the data it was trained on) and store it in the checkpoint
-    (or in a copy at `out`). Runs in float32, so the logits it fits are the exact ones."""
+    (or in a copy at `out`). `options`: device, batch size and model-code policy; it always runs
+    in float32 and uncalibrated, so the logits it fits are the network's exact ones."""
     path = resolve_checkpoint_path(checkpoint)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is an ONNX file; calibrate its checkpoint, then export it again")
-    model = load_for_inference(path, device=device, precision="fp32", model_code=model_code, calibrated=False)
+    options = options or InferenceOptions()
+    model = load_for_inference(path, options, precision="fp32", calibrated=False)
     data = model.training_data(dataset, data_dir)
     if data.classes != model.classes:
         raise UserError(
             f"the classes of {data.description} differ from the checkpoint's ({', '.join(model.classes)})"
         )
     samples = named_split(data, split)
-    temperature, before, after = fit_on_samples(model, samples, batch_size=batch_size)
+    temperature, before, after = fit_on_samples(model, samples, batch_size=options.batch_size)
     description = f"{split} split of {data.description}"
     result = CalibrationResult(
         path, temperature, description, len(samples), before, after, SPLIT_WARNINGS.get(split)

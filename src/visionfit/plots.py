@@ -166,6 +166,14 @@ def save_figures(figures: dict[str, Figure], folder: Path, writer: Any = None, s
     return paths
 
 
+def _outline_before(axes: Any, before: dict[str, Any], centres: np.ndarray, width: float) -> None:
+    """The uncalibrated model's reliability bars, drawn as outlines behind the calibrated ones."""
+    filled = np.asarray(before["bins"]["count"]) > 0
+    accuracy = np.asarray(before["bins"]["accuracy"])[filled]
+    label = f"before (ECE {before['ece']:.1%})"
+    axes.bar(centres[filled], accuracy, width=width, fill=False, edgecolor="tab:red", label=label)
+
+
 def reliability_figure(calibration: dict[str, Any], before: dict[str, Any] | None = None) -> Figure:
     """The reliability diagram of a calibration report (`engine.calibration`): per confidence bin,
     the accuracy against the mean confidence (a calibrated model lies on the diagonal), with the
@@ -181,15 +189,7 @@ def reliability_figure(calibration: dict[str, Any], before: dict[str, Any] | Non
     accuracy, confidence = np.asarray(bins["accuracy"]), np.asarray(bins["confidence"])
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     if before is not None:
-        old_filled = np.asarray(before["bins"]["count"]) > 0
-        axes.bar(
-            centres[old_filled],
-            np.asarray(before["bins"]["accuracy"])[old_filled],
-            width=width,
-            fill=False,
-            edgecolor="tab:red",
-            label=f"before (ECE {before['ece']:.1%})",
-        )
+        _outline_before(axes, before, centres, width)
     label = "after" if before is not None else "accuracy"
     axes.bar(
         centres[filled],

@@ -56,7 +56,7 @@ from visionfit.engine.run_folder import create_run_folder, now, read_history, st
 from visionfit.engine.run_lock import lock_for_run
 from visionfit.engine.state import TrainState
 from visionfit.errors import TrainingStopped, UserError
-from visionfit.models import ModelRecord, create_training_model, get_model_spec, record_of
+from visionfit.models import ModelRecord, StartingWeights, create_training_model, get_model_spec, record_of
 from visionfit.models.custom import class_reference, is_custom_reference, load_class
 from visionfit.models.freezing import backbone_frozen, set_backbone_frozen
 from visionfit.models.record import remember_record
@@ -268,9 +268,9 @@ def build_training_model(
             num_classes,
             config.model_args,
             head=config.head,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            load_weights=plan.folder is None or not has_weights(plan.folder),
+            start=StartingWeights(
+                config.pretrained, config.weights, load=plan.folder is None or not has_weights(plan.folder)
+            ),
         )
     sides = {preprocess.input_size: "--input-size"}
     low_res = low_res_side(config, preprocess.input_size)

@@ -43,6 +43,7 @@ def add_parser(commands: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from visionfit.calibrating import calibrate_checkpoint
     from visionfit.engine.calibration import format_calibration
+    from visionfit.inference.options import InferenceOptions
 
     result = calibrate_checkpoint(
         arguments.checkpoint,
@@ -50,9 +51,11 @@ def run(arguments: argparse.Namespace) -> int:
         dataset=arguments.dataset,
         data_dir=arguments.data_dir,
         out=arguments.out,
-        batch_size=arguments.batch_size,
-        device=arguments.device,
-        model_code="trust" if arguments.trust_model_code else "recorded",
+        options=InferenceOptions(
+            device=arguments.device,
+            batch_size=arguments.batch_size,
+            model_code="trust" if arguments.trust_model_code else "recorded",
+        ),
     )
     if result.warning:
         print(f"warning: fitted on the {arguments.split} split: {result.warning}")

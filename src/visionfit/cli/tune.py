@@ -46,7 +46,14 @@ def add_parser(commands: Any) -> None:
         "says what varies (default: the recipe's space). Each trial is a run folder under "
         "RUN_DIR/STUDY/trials; several workers may share a study (the same --study and --storage).",
     )
-    search = parser.add_argument_group("search")
+    add_search_options(parser.add_argument_group("search"))
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="train options file")
+    add_config_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_search_options(search: Any) -> None:
+    """The flags of the search itself (the train flags beside them are fixed in every trial)."""
     search.add_argument(
         "--space", metavar="FILE", help="YAML file of options to search (default: the recipe's)"
     )
@@ -92,9 +99,6 @@ def add_parser(commands: Any) -> None:
         default=True,
         help="measure the best trial's checkpoint once on the test split at the end (default: on)",
     )
-    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="train options file")
-    add_config_options(parser)
-    parser.set_defaults(handler=run)
 
 
 SEARCH_KEYS = (

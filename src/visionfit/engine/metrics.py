@@ -114,6 +114,14 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return torch.where(defined, numerator / torch.where(defined, denominator, 1.0), 0.0)
 
 
+def _averages(scores: dict[str, torch.Tensor], weights: torch.Tensor | None) -> dict[str, float]:
+    """Each score's mean over the classes (`weights` None: the macro average) or weighted sum."""
+    return {
+        name: float(values.mean() if weights is None else (values * weights).sum())
+        for name, values in scores.items()
+    }
+
+
 def classification_report(
     confusion: torch.Tensor,
     classes: list[str],
@@ -135,6 +143,7 @@ def classification_report(
     recall = _safe_divide(true_positive, support)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     weights = support / total if total else torch.zeros_like(support)
+    scores = {"precision": precision, "recall": recall, "f1": f1}
     per_class = {
         name: {
             "precision": float(precision[index]),
@@ -147,16 +156,8 @@ def classification_report(
     report: dict[str, Any] = {
         "count": int(total),
         "accuracy": float(true_positive.sum() / total) if total else 0.0,
-        "macro": {
-            "precision": float(precision.mean()),
-            "recall": float(recall.mean()),
-            "f1": float(f1.mean()),
-        },
-        "weighted": {
-            "precision": float((precision * weights).sum()),
-            "recall": float((recall * weights).sum()),
-            "f1": float((f1 * weights).sum()),
-        },
+        "macro": _averages(scores, None),
+        "weighted": _averages(scores, weights),
         "per_class": per_class,
         "confusion_matrix": confusion.to(torch.int64).tolist(),
     }

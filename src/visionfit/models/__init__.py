@@ -6,6 +6,7 @@ from visionfit.models import quick as _quick  # noqa: F401  (registers cifar10-q
 from visionfit.models import torchvision_zoo as _torchvision_zoo  # noqa: F401  (registers the zoo)
 from visionfit.models.record import (
     ModelRecord,
+    StartingWeights,
     build_from_record,
     create_model,
     create_training_model,
@@ -21,6 +22,7 @@ from visionfit.models.registry import (
 __all__ = [
     "ModelRecord",
     "ModelSpec",
+    "StartingWeights",
     "build_from_record",
     "create_model",
     "create_training_model",

@@ -91,19 +91,28 @@ def _is_torchvision(name: str) -> bool:
     return not is_custom_reference(name) and get_model_spec(name).family == FAMILY
 
 
+@dataclass(frozen=True)
+class StartingWeights:
+    """Where a torchvision model's training starts: torchvision's `pretrained` download or a local
+    weights `file`; `load=False` builds the same network without loading them (a resumed run
+    loads its checkpoint instead)."""
+
+    pretrained: bool = False
+    file: str | None = None
+    load: bool = True
+
+
 def create_training_model(
     name: str,
     num_classes: int,
     args: dict[str, Any],
     *,
     head: str = "replace",
-    pretrained: bool = False,
-    weights: str | None = None,
-    load_weights: bool = True,
+    start: StartingWeights = StartingWeights(),
 ) -> nn.Module:
-    """The model to train, its record remembered. With `pretrained` (torchvision's download) or
-    `weights` (a local file), a torchvision model starts from those weights; `load_weights=False`
-    builds the same network without loading them (a resumed run loads its checkpoint instead)."""
+    """The model to train, its record remembered; a torchvision model starts from the weights
+    `start` names (default: random initialisation)."""
+    pretrained, weights, load_weights = start.pretrained, start.file, start.load
     wants_weights = pretrained or weights is not None
     if is_custom_reference(name):
         if wants_weights or head != "replace":
@@ -151,7 +160,8 @@ def create_model(
 ) -> nn.Module:
     """Build model `name` (registry, torchvision or `file.py:Class`) with a `num_classes`-way
     output; `args` go to its builder. The model remembers how it was built, for `save_model`."""
-    return create_training_model(name, num_classes, args, head=head, pretrained=pretrained, weights=weights)
+    start = StartingWeights(pretrained=pretrained, file=weights)
+    return create_training_model(name, num_classes, args, head=head, start=start)
 
 
 def _build(record: ModelRecord, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
