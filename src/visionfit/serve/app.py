@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,19 @@ class Service:
         )
         self.decoders: ThreadPoolExecutor | None = None
         self.explanations = ServedExplanations(model)
-        self.in_flight = 0  # requests admitted to /predict; only the event loop's thread changes it
+        self.in_flight = 0  # requests admitted to /predict and /explain; only the event loop changes it
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """One request's place in the queue: refused with 503 when --max-queue are being served."""
+        most = self.limits.max_queue
+        if self.in_flight >= most:
+            raise Refused(503, f"busy: {most} requests are being served (--max-queue); retry")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     @contextlib.asynccontextmanager
     async def running(self, _: FastAPI) -> AsyncIterator[None]:
@@ -159,14 +171,9 @@ async def predict(
     """The records `visionfit predict --json` prints, one per image, in order."""
     service = _service(request)
     check_api_key(request, service.api_key)
-    if service.in_flight >= service.limits.max_queue:
-        raise Refused(503, f"busy: {service.limits.max_queue} requests are being served (--max-queue); retry")
-    service.in_flight += 1
-    try:
+    with service.admitted():
         uploads = await read_uploads(request, service.limits)
         return JSONResponse(await service.classify(uploads, top_k))
-    finally:
-        service.in_flight -= 1
 
 
 @router.post("/explain", openapi_extra=UPLOAD_BODY, summary="Classify images and show where the model looked")
@@ -182,16 +189,11 @@ async def explain(
     that cannot be explained (an ONNX export: explanations need the checkpoint)."""
     service = _service(request)
     check_api_key(request, service.api_key)
-    if service.in_flight >= service.limits.max_queue:
-        raise Refused(503, f"busy: {service.limits.max_queue} requests are being served (--max-queue); retry")
-    service.in_flight += 1
-    try:
+    with service.admitted():
         uploads = await read_uploads(request, service.limits)
         pixels = await service.decode(uploads)
         names = [name for name, _ in uploads]
         return JSONResponse(await service.explanations.answer(names, pixels, top_k, class_name))
-    finally:
-        service.in_flight -= 1
 
 
 @router.get("/info", summary="The model")
