@@ -111,20 +111,13 @@ class ArraySamples:
         return ArraySamples(self.images[chosen], self.labels[chosen])
 
 
-@dataclass
-class FileSamples:
-    """Image files and their class indices, listed class by class."""
+class _ImageFiles:
+    """What samples read from image files share: each picture is opened when asked for."""
 
     paths: list[Path]
-    labels: list[int]
-    in_memory: ClassVar[bool] = False
-    in_class_order: ClassVar[bool] = True
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def label_tensor(self) -> torch.Tensor:
-        return torch.tensor(self.labels, dtype=torch.int64)
 
     def picture(self, index: int) -> Image.Image:
         return open_rgb(self.paths[index])
@@ -137,6 +130,19 @@ class FileSamples:
 
     def image_side(self) -> int | None:
         return None
+
+
+@dataclass
+class FileSamples(_ImageFiles):
+    """Image files and their class indices, listed class by class."""
+
+    paths: list[Path]
+    labels: list[int]
+    in_memory: ClassVar[bool] = False
+    in_class_order: ClassVar[bool] = True
+
+    def label_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.labels, dtype=torch.int64)
 
     def images_at(self, preprocess: Preprocess, notify: Callable[[str], None]) -> torch.Tensor:
         from visionfit.data.decoded import decoded_images
@@ -154,7 +160,7 @@ class FileSamples:
 
 
 @dataclass
-class MultiLabelSamples:
+class MultiLabelSamples(_ImageFiles):
     """Image files, each with a set of class indices (several labels per image); `label_tensor` is
     the (N, C) 0/1 float matrix that binary cross-entropy trains on."""
 
@@ -164,26 +170,11 @@ class MultiLabelSamples:
     in_memory: ClassVar[bool] = False
     in_class_order: ClassVar[bool] = False
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def label_tensor(self) -> torch.Tensor:
         matrix = torch.zeros((len(self.paths), self.num_classes), dtype=torch.float32)
         for row, classes in enumerate(self.targets):
             matrix[row, list(classes)] = 1.0
         return matrix
-
-    def picture(self, index: int) -> Image.Image:
-        return open_rgb(self.paths[index])
-
-    def name(self, index: int) -> str:
-        return str(self.paths[index])
-
-    def files(self) -> list[Path]:
-        return list(self.paths)
-
-    def image_side(self) -> int | None:
-        return None
 
     def images_at(self, preprocess: Preprocess, notify: Callable[[str], None]) -> torch.Tensor:
         from visionfit.data.decoded import decoded_images
