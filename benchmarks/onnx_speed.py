@@ -93,7 +93,7 @@ def test_predictions(source: Path, data: DataSplits, **options: str) -> torch.Te
     batches = eval_loader(
         data.test, PictureReader(model.preprocess), batch_size=256, workers=0, device=torch.device("cpu")
     )
-    evaluation = evaluate(model.classifier, batches, len(model.classes), keep_predictions=True)
+    evaluation = evaluate(model.classifier, batches, len(model.classes), keep="predictions")
     assert evaluation.predictions is not None
     return evaluation.predictions.predicted
 

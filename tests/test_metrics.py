@@ -58,7 +58,7 @@ def test_evaluation_is_exact_for_a_short_last_batch():
     indices = torch.arange(10)
     whole = evaluate(classifier, [(images, labels, indices)], 3).sums
     pieces = [(images[at], labels[at], indices[at]) for at in (slice(0, 4), slice(4, 8), slice(8, 10))]
-    kept = evaluate(classifier, pieces, 3, keep_predictions=True)
+    kept = evaluate(classifier, pieces, 3, keep="predictions")
     assert torch.equal(whole.confusion, kept.sums.confusion)
     expected_loss = torch.nn.functional.cross_entropy(model(images), labels).item()
     assert kept.sums.report(CLASSES)["loss"] == pytest.approx(expected_loss, rel=1e-5)

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visionfit.data.loaders import eval_loader
 from visionfit.data.samples import Samples
-from visionfit.data.transforms import PictureReader
 from visionfit.engine.calibration import calibration_report, fit_temperature
 from visionfit.engine.checkpoint_file import load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from visionfit.engine.loops import evaluate
@@ -86,14 +84,8 @@ def fit_on_samples(
     `calibrated=False`), and the calibration reports before and after it."""
     if not len(samples):
         raise UserError("no samples to calibrate on: the split is empty")
-    batches = eval_loader(
-        samples,
-        PictureReader(model.preprocess),
-        batch_size=batch_size,
-        workers=workers,
-        device=model.runtime.device,
-    )
-    evaluation = evaluate(model.classifier, batches, len(model.classes), keep_logits=True)
+    batches = model.batches(samples, batch_size=batch_size, workers=workers)
+    evaluation = evaluate(model.classifier, batches, len(model.classes), keep="logits")
     assert evaluation.logits is not None and evaluation.targets is not None
     temperature = fit_temperature(evaluation.logits, evaluation.targets)
     after = calibration_report(evaluation.logits / temperature, evaluation.targets)

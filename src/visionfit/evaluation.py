@@ -18,10 +18,9 @@ from typing import Any
 import torch
 
 from visionfit.choices import SPLITS
-from visionfit.data.loaders import eval_loader
 from visionfit.data.registry import DataSplits
 from visionfit.data.samples import Samples
-from visionfit.data.transforms import PictureReader, Preprocess, as_uint8_tensor, resize_picture
+from visionfit.data.transforms import Preprocess, as_uint8_tensor, resize_picture
 from visionfit.engine.loops import evaluate
 from visionfit.engine.metrics import Predictions
 from visionfit.engine.multilabel import MultiLabelSums
@@ -129,35 +128,20 @@ def evaluate_checkpoint(
     check_classes(data.classes, model.classes, data.description)
     samples, split_name = _select_split(data, split)
     batch_size = (options or InferenceOptions()).batch_size
-    batches = eval_loader(
-        samples,
-        PictureReader(model.preprocess),
-        batch_size=batch_size,
-        workers=workers,
-        device=model.runtime.device,
-    )
+    batches = model.batches(samples, batch_size=batch_size, workers=workers)
+    source, description = model.source or Path(checkpoint), f"{split_name} of {data.description}"
     if model.multilabel:  # each class decided at the checkpoint's threshold; no single-class mistakes
         sums = MultiLabelSums(len(model.classes), thresholds=model.thresholds)
         report = evaluate(model.classifier, batches, len(model.classes), sums=sums).sums.report(model.classes)
-        return EvalResult(
-            model.source or Path(checkpoint),
-            split,
-            f"{split_name} of {data.description}",
-            model.classes,
-            report,
-            [],
-        )
+        return EvalResult(source, split, description, model.classes, report, [])
     evaluation = evaluate(
-        model.classifier, batches, len(model.classes), keep_predictions=True, temperature=model.temperature
+        model.classifier, batches, len(model.classes), keep="predictions", temperature=model.temperature
     )
     assert evaluation.predictions is not None
     mistakes = collect_mistakes(evaluation.predictions, samples, model.classes, model.preprocess)
     report = evaluation.sums.report(model.classes)
-    description = f"{split_name} of {data.description}"
-    uncalibrated = evaluation.uncalibrated.report() if evaluation.uncalibrated is not None else None
-    source = model.source or Path(checkpoint)
     result = EvalResult(source, split, description, model.classes, report, mistakes, model.temperature)
-    result.uncalibrated = uncalibrated
+    result.uncalibrated = evaluation.uncalibrated.report() if evaluation.uncalibrated is not None else None
     result.mistake_overlays = explain_mistakes(model, mistakes)
     return result
 

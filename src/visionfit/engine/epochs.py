@@ -239,7 +239,8 @@ def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Eva
     sums = None
     if config.task == "multilabel":  # thresholds are chosen only on validation data, never on test
         sums = MultiLabelSums(len(run.classes), tune_thresholds=run.data.validation)
-    evaluation = evaluate(classifier, batches, len(run.classes), keep_predictions=keep_predictions, sums=sums)
+    keep = "predictions" if keep_predictions else None
+    evaluation = evaluate(classifier, batches, len(run.classes), keep=keep, sums=sums)
     predictions = None
     if evaluation.predictions is not None:
         parts = gather_to_main(evaluation.predictions)

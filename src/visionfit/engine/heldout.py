@@ -42,7 +42,7 @@ def test_best_weights(run: TrainingRun, samples: Samples) -> Evaluation:
         flip=config.test_time_flip,
         shift=config.test_time_shift,
     )
-    evaluation = evaluate(classifier, batches, len(run.classes), keep_predictions=True)
+    evaluation = evaluate(classifier, batches, len(run.classes), keep="predictions")
     predictions = None
     if evaluation.predictions is not None:
         parts = gather_to_main(evaluation.predictions)

@@ -188,17 +188,19 @@ def evaluate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     num_classes: int,
     *,
-    keep_predictions: bool = False,
+    keep: str | None = None,
     temperature: float = 1.0,
-    keep_logits: bool = False,
     sums: MetricSums | MultiLabelSums | None = None,
 ) -> Evaluation:
     """Classify every `(images, labels, sample indices)` batch and sum loss, hits, the confusion
-    matrix and the calibration sums; with `keep_predictions`, also keep each sample's predicted
-    class and probability. `temperature` divides the classifier's logits before anything is
-    measured (a calibrated model); the undivided logits' calibration is then kept as well, so a
-    report can show it before and after. `keep_logits`: keep the (divided) logits and labels.
+    matrix and the calibration sums. `keep`: also keep, per sample, its predicted class and
+    probability ("predictions") or its (divided) logits and label ("logits"). `temperature`
+    divides the classifier's logits before anything is measured (a calibrated model); the
+    undivided logits' calibration is then kept as well, so a report can show it before and after.
     Several labels per image: pass `MultiLabelSums` (labels (N, C) 0/1; no kept predictions)."""
+    if keep not in (None, "predictions", "logits"):
+        raise ValueError(f"keep must be None, 'predictions' or 'logits', got {keep!r}")
+    keep_predictions, keep_logits = keep == "predictions", keep == "logits"
     sums = sums if sums is not None else MetricSums(num_classes)
     multilabel = isinstance(sums, MultiLabelSums)
     uncalibrated = CalibrationSums() if temperature != 1.0 and not multilabel else None

@@ -147,7 +147,7 @@ def measure(path: Path, data: DataSplits) -> tuple[float, torch.Tensor, float]:
     model = load_onnx(path, InferenceOptions(device="cpu"))
     reader = PictureReader(model.preprocess)
     batches = eval_loader(data.test, reader, batch_size=256, workers=0, device=torch.device("cpu"))
-    evaluation = evaluate(model.classifier, batches, len(model.classes), keep_predictions=True)
+    evaluation = evaluate(model.classifier, batches, len(model.classes), keep="predictions")
     assert evaluation.predictions is not None
     accuracy = evaluation.sums.report(model.classes)["accuracy"]
     pixels = torch.stack([reader(data.test.picture(index % len(data.test))) for index in range(SPEED_BATCH)])

@@ -17,8 +17,10 @@ from torch import nn
 
 from visionfit.choices import MAX_TEST_TIME_SHIFT
 from visionfit.data.augment import Normalize
+from visionfit.data.loaders import eval_loader
 from visionfit.data.registry import DataSplits
-from visionfit.data.transforms import Preprocess
+from visionfit.data.samples import Samples
+from visionfit.data.transforms import PictureReader, Preprocess
 from visionfit.engine.checkpoint_file import training_data
 from visionfit.engine.loops import Classifier
 from visionfit.errors import UserError
@@ -94,6 +96,12 @@ class InferenceModel:
     ) -> DataSplits:
         """The data the model was trained on (or the data named), split as training split it."""
         return training_data(self.metadata.get("config", {}), dataset, data_dir, download=download)
+
+    def batches(self, samples: Samples, *, batch_size: int = 256, workers: int = 0) -> Any:
+        """`(images, labels, indices)` batches of `samples` decoded and resized as this model's
+        preprocessing says, on its device: what eval and calibrate classify."""
+        reader, device = PictureReader(self.preprocess), self.runtime.device
+        return eval_loader(samples, reader, batch_size=batch_size, workers=workers, device=device)
 
     @property
     def test_accuracy(self) -> float | None:
