@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,28 @@ def make_folder_dataset(root: Path, per_class: int = 8, split: bool = False, ext
             for index in range(per_class):
                 make_image(root / name / f"{index}{extension}", color, seed=class_index * 100 + index)
     return root
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def visionfit_messages() -> Iterator[list[str]]:
+    """The INFO messages the `visionfit` loggers send while the test runs (library calls log
+    instead of printing), whoever configured logging before."""
+    logger, handler = logging.getLogger("visionfit"), _Messages()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

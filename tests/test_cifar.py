@@ -111,9 +111,9 @@ def test_no_network_with_explicit_cifar10_says_how_to_use_a_local_copy():
     assert "\n" not in message
 
 
-def test_no_network_without_dataset_falls_back_to_the_bundled_sample():
-    messages = []
-    data = load_data(None, None, notify=messages.append)
+def test_no_network_without_dataset_falls_back_to_the_bundled_sample(visionfit_messages):
+    messages = visionfit_messages
+    data = load_data(None, None)
     assert data.dataset == "cifar10-sample"
     assert len(messages) == 1 and "bundled cifar10-sample" in messages[0]
 

@@ -93,8 +93,8 @@ def test_a_class_with_one_image_stays_in_training():
     assert train.labels.count(1) == 1 and test.labels.count(0) == 2
 
 
-def test_default_dataset_reads_a_class_folder_data_dir(folder_dataset):
-    messages = []
-    data = load_data(None, str(folder_dataset), notify=messages.append)
+def test_default_dataset_reads_a_class_folder_data_dir(folder_dataset, visionfit_messages):
+    messages = visionfit_messages
+    data = load_data(None, str(folder_dataset))
     assert data.dataset == "folder" and data.classes == ["apple", "grape", "lime"]
     assert "reading it as --dataset folder" in messages[0]

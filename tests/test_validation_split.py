@@ -132,10 +132,8 @@ def test_the_validation_split_is_stratified_disjoint_and_seeded():
 
 
 def test_val_fraction_holds_out_of_train_and_leaves_test_alone(folder_dataset):
-    plain = load_data("folder", str(folder_dataset), test_fraction=0.25, seed=0, notify=lambda _: None)
-    data = load_data(
-        "folder", str(folder_dataset), test_fraction=0.25, val_fraction=0.34, seed=0, notify=lambda _: None
-    )
+    plain = load_data("folder", str(folder_dataset), test_fraction=0.25, seed=0)
+    data = load_data("folder", str(folder_dataset), test_fraction=0.25, val_fraction=0.34, seed=0)
     assert data.test.paths == plain.test.paths and plain.val is None
     assert data.val is not None and len(data.val) == 6 and len(data.train) == 12
     assert not set(data.val.paths) & set(data.train.paths)
@@ -148,15 +146,15 @@ def test_train_val_and_test_folders_are_three_splits(tmp_path):
     (root / "val").rename(root / "test")
     make_folder_dataset(tmp_path / "other", split=True)
     (tmp_path / "other" / "val").rename(root / "val")
-    data = load_data(None, str(root), notify=lambda _: None)
+    data = load_data(None, str(root))
     assert data.val is not None and all("/val/" in str(path) for path in data.val.paths)
     assert all("/test/" in str(path) for path in data.test.paths)
     with pytest.raises(UserError, match="already has a validation split"):
-        load_data(None, str(root), val_fraction=0.2, notify=lambda _: None)
+        load_data(None, str(root), val_fraction=0.2)
 
 
 def test_train_and_val_folders_alone_keep_val_as_the_test_split(split_dataset):
-    data = load_data(None, str(split_dataset), notify=lambda _: None)
+    data = load_data(None, str(split_dataset))
     assert data.val is None and all("/val/" in str(path) for path in data.test.paths)
 
 

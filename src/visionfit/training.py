@@ -123,12 +123,7 @@ def run_training(
     the run it continues read): nothing here checks the options again. `instance`: the user's own
     `nn.Module` the config's model names; `on_epoch` as in `train`."""
     setup_logging()
-    started = init_processes(plan.config.dist_timeout)  # under torchrun: join the other processes
-    stop_with_parent()  # a torchrun worker dies with its agent instead of training on as an orphan
-    quiet_unless_main()
-    # Rank 0 alone looks for the run to resume, so that every rank continues the same one.
-    plan = broadcast_from_main(lambda: find_run(plan))
-    lock = lock_for_run(plan.folder) if plan.folder else None  # one writer, before anything is touched
+    started, plan, lock = join_processes(plan)
     runtime = create_runtime(plan.config.device, plan.config.precision, plan.config.channels_last)
     configure_determinism(plan.config.deterministic)
     config, data, skipped = load_training_data(plan.config)
@@ -140,11 +135,7 @@ def run_training(
     run_data = RunData(config, runtime, epoch_data, preprocess, data_path, logger.info)
     batches, test_batches = create_batches(run_data)
     optimization = create_optimization(model, config, runtime, len(data.classes), batches.batches_per_epoch())
-    run_dir = plan.folder or broadcast_from_main(
-        lambda: create_run_folder(
-            config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
-        )
-    )
+    run_dir = plan.folder or broadcast_from_main(lambda: new_run_folder(config, data, model))
     lock = lock or lock_for_run(run_dir)
     checkpoints = run_checkpoints(config, run_dir, model, data, preprocess)
     ema = WeightAverage(model, config.ema) if config.ema else None  # a copy of the weights to average
@@ -157,25 +148,33 @@ def run_training(
         run_dir, config.tensorboard, runtime.is_main, plan.folder is not None, state.global_step
     )
     features = frozen_features(unwrap_model(model), run_data)
-    parts = (
-        epoch_data,
-        preprocess,
-        model,
-        batches,
-        test_batches,
-        optimization,
-        checkpoints,
-        events,
-        ema,
-        features,
-    )
-    run = TrainingRun(config, runtime, *parts)
+    parts = (epoch_data, preprocess, model, batches, test_batches, optimization)
+    run = TrainingRun(config, runtime, *parts, checkpoints, events, ema, features)
     announce(run, plan, state, data_path)
     with catching_stop_signals():  # SIGTERM, SIGINT, SIGUSR1: save after the current step, then stop
         result = finish(run, state, history, guarded_fit(run, state, history, on_epoch), data)
     end_processes(started)
     lock.release()
     return result
+
+
+def join_processes(plan: ResumePlan) -> tuple[Any, ResumePlan, Any]:
+    """Under torchrun, join the other processes (each dies with its agent instead of training on as
+    an orphan); the run to continue, found by rank 0 alone so that every rank continues the same
+    one; and that run folder's lock, taken before anything in it is touched."""
+    started = init_processes(plan.config.dist_timeout)
+    stop_with_parent()
+    quiet_unless_main()
+    plan = broadcast_from_main(lambda: find_run(plan))
+    lock = lock_for_run(plan.folder) if plan.folder else None
+    return started, plan, lock
+
+
+def new_run_folder(config: TrainConfig, data: DataSplits, model: nn.Module) -> Path:
+    """A new run's folder, named after the data and the model."""
+    return create_run_folder(
+        config.run_dir, config.name, dataset=data.dataset, model=record_of(model).display_name
+    )
 
 
 def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, list[tuple[Path, str]]]:
@@ -188,7 +187,6 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
             test_fraction=config.test_fraction,
             val_fraction=config.val_fraction,
             seed=config.seed,
-            notify=logger.info,
             label_file=label_file_options(vars(config)),
         )
     )

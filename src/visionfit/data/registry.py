@@ -154,12 +154,11 @@ def load_data(
     test_fraction: float = 0.1,
     val_fraction: float | None = None,
     seed: int = 0,
-    notify: Callable[[str], None] = logger.info,
     download: bool = True,
     label_file: LabelFileOptions | None = None,
 ) -> DataSplits:
-    """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through
-    `notify` when it is not the default), else the default source. `download=False`: a source
+    """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through the
+    `visionfit` logger when it is not the default), else the default source. `download=False`: a source
     that would download raises `UserError` instead. `label_file`: the images and labels a label
     file lists (the `labels` source, chosen when no dataset is named). `val_fraction`: that share
     of every class held out of train for validation (`hold_out_validation`; a label file holds out
@@ -168,7 +167,7 @@ def load_data(
         data_dir,
         test_fraction,
         seed,
-        notify,
+        logger.info,
         unnamed=dataset is None and not data_dir and label_file is None,
         download=download,
         label_file=label_file,
@@ -181,7 +180,7 @@ def load_data(
     elif dataset is None and data_dir:
         found = recognise(Path(data_dir).expanduser())
         if found is not None and found.name != DEFAULT_DATASET:
-            notify(f"{data_dir} holds {found.holds}: reading it as --dataset {found.name}")
+            logger.info(f"{data_dir} holds {found.holds}: reading it as --dataset {found.name}")
         dataset = found.name if found is not None else DEFAULT_DATASET
     source = get_dataset(dataset or DEFAULT_DATASET)
     check_data_dir(source.name, data_dir)
