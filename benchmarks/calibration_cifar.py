@@ -35,7 +35,7 @@ VALIDATION_FRACTION = 0.1
 def holdout_tree(data_dir: str, seed: int, root: Path) -> Path:
     """ROOT/train and ROOT/val of symbolic links: 10% of each class of the dev train split (seed
     1000 + S) in val/, the rest in train/. A folder dataset with train/ and val/ holds val/ out."""
-    data = load_data("folder", data_dir, seed=0, notify=lambda _: None)
+    data = load_data("folder", data_dir, seed=0)
     train, validation = stratified_split(data.train, len(data.classes), VALIDATION_FRACTION, seed + 1000)
     for split, samples in (("train", train), ("val", validation)):
         for source, label in zip(samples.paths, samples.labels, strict=True):
@@ -61,7 +61,7 @@ def run_seed(seed: int, arguments: argparse.Namespace, work: Path) -> dict:
     trained = time.perf_counter() - started
     checkpoint = result.best_checkpoint
     model = load_for_inference(checkpoint, precision="fp32", calibrated=False)
-    validation = load_data("folder", str(holdout), notify=lambda _: None).test  # the val/ folder
+    validation = load_data("folder", str(holdout)).test  # the val/ folder
     temperature, before, after = fit_on_samples(model, validation)
     fitted = CalibrationResult(checkpoint, temperature, "validation split", len(validation), before, after)
     store_temperature(checkpoint, fitted.record())

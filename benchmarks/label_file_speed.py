@@ -48,7 +48,7 @@ def main() -> None:
         seconds, cpu = [], []
         for _ in range(arguments.repeat):
             start, start_cpu = time.perf_counter(), time.process_time()
-            data = load_data(None, None, label_file=LabelFileOptions(str(labels_file)), notify=lambda _: None)
+            data = load_data(None, None, label_file=LabelFileOptions(str(labels_file)))
             seconds.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
     print(
