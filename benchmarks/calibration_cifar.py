@@ -35,7 +35,7 @@ VALIDATION_FRACTION = 0.1
 def holdout_tree(data_dir: str, seed: int, root: Path) -> Path:
     """ROOT/train and ROOT/val of symbolic links: 10% of each class of the dev train split (seed
     1000 + S) in val/, the rest in train/. A folder dataset with train/ and val/ holds val/ out."""
-    data = load_data("folder", data_dir, seed=0)
+    data = load_data("folder", data_dir)
     train, validation = stratified_split(data.train, len(data.classes), VALIDATION_FRACTION, seed + 1000)
     for split, samples in (("train", train), ("val", validation)):
         for source, label in zip(samples.paths, samples.labels, strict=True):

@@ -11,7 +11,7 @@ import pytest
 import visionfit
 from conftest import make_folder_dataset
 from serve_support import CLASSES, PREPROCESS, custom_checkpoint
-from visionfit.data.registry import load_data
+from visionfit.data.registry import SplitShares, load_data
 from visionfit.engine.checkpoint_file import checkpoint_metadata, load_checkpoint, save_checkpoint
 from visionfit.errors import UserError
 from visionfit.evaluation import evaluate_checkpoint
@@ -50,7 +50,10 @@ def test_eval_reads_the_checkpoints_own_split_and_prints_nothing(tmp_path, capsy
     path = tmp_path / "model.safetensors"
     save_checkpoint(path, model.state_dict(), metadata)
     checkpoint = load_checkpoint(path)
-    own, expected = checkpoint.training_data(), load_data("folder", str(data_dir), test_fraction=0.25, seed=3)
+    own, expected = (
+        checkpoint.training_data(),
+        load_data("folder", str(data_dir), shares=SplitShares(0.25, seed=3)),
+    )
     names = [own.test.name(index) for index in range(len(own.test))]
     assert names == [expected.test.name(index) for index in range(len(expected.test))] and len(names) == 6
     assert checkpoint.preprocess == PREPROCESS

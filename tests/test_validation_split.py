@@ -15,7 +15,13 @@ import visionfit.engine.epochs as epochs
 import visionfit.training as training
 from conftest import make_folder_dataset
 from visionfit.config import build_config, save_config
-from visionfit.data.registry import DataSplits, hold_out_validation, load_data, saved_split_settings
+from visionfit.data.registry import (
+    DataSplits,
+    SplitShares,
+    hold_out_validation,
+    load_data,
+    saved_split_settings,
+)
 from visionfit.data.samples import ArraySamples
 from visionfit.data.splits import stratified_indices
 from visionfit.errors import UserError
@@ -67,9 +73,10 @@ def watched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         data = DataSplits(
             "cifar10-sample", CLASSES, pictures(60, seed=1), WatchedSamples(test.images, test.labels), "toy"
         )
-        if options.get("val_fraction") is None:
+        shares = options["shares"]
+        if shares.val_fraction is None:
             return data
-        return hold_out_validation(data, options["val_fraction"], options["seed"])
+        return hold_out_validation(data, shares.val_fraction, shares.seed)
 
     real_train_epoch = epochs.train_epoch
 
@@ -132,8 +139,8 @@ def test_the_validation_split_is_stratified_disjoint_and_seeded():
 
 
 def test_val_fraction_holds_out_of_train_and_leaves_test_alone(folder_dataset):
-    plain = load_data("folder", str(folder_dataset), test_fraction=0.25, seed=0)
-    data = load_data("folder", str(folder_dataset), test_fraction=0.25, val_fraction=0.34, seed=0)
+    plain = load_data("folder", str(folder_dataset), shares=SplitShares(0.25, seed=0))
+    data = load_data("folder", str(folder_dataset), shares=SplitShares(0.25, 0.34, seed=0))
     assert data.test.paths == plain.test.paths and plain.val is None
     assert data.val is not None and len(data.val) == 6 and len(data.train) == 12
     assert not set(data.val.paths) & set(data.train.paths)
@@ -150,7 +157,7 @@ def test_train_val_and_test_folders_are_three_splits(tmp_path):
     assert data.val is not None and all("/val/" in str(path) for path in data.val.paths)
     assert all("/test/" in str(path) for path in data.test.paths)
     with pytest.raises(UserError, match="already has a validation split"):
-        load_data(None, str(root), val_fraction=0.2)
+        load_data(None, str(root), shares=SplitShares(val_fraction=0.2))
 
 
 def test_train_and_val_folders_alone_keep_val_as_the_test_split(split_dataset):
@@ -170,11 +177,7 @@ def test_an_old_saved_config_reads_val_fraction_as_test_fraction(tmp_path, caplo
     assert caplog.text.count("read as test_fraction") == 1
     # A hand-written file naming only val_fraction means validation.
     assert build_config({"val_fraction": 0.2}).val_fraction == 0.2
-    assert saved_split_settings({"val_fraction": 0.3, "seed": 4}) == {
-        "test_fraction": 0.3,
-        "val_fraction": None,
-        "seed": 4,
-    }
+    assert saved_split_settings({"val_fraction": 0.3, "seed": 4}) == SplitShares(0.3, None, 4)
 
 
 def test_eval_finds_the_runs_own_validation_and_test_splits(folder_dataset, tmp_path):

@@ -22,7 +22,7 @@ from visionfit.data.batches import preview
 from visionfit.data.exclusion import exclude_files, summarize_exclusions
 from visionfit.data.label_options import label_file_options
 from visionfit.data.memory import choose_data_path
-from visionfit.data.registry import DataSplits, load_data
+from visionfit.data.registry import DataSplits, SplitShares, load_data
 from visionfit.data.samples import Samples
 from visionfit.data.scan import find_bad_images_once, screen_images
 from visionfit.data.transforms import Preprocess
@@ -184,9 +184,7 @@ def load_training_data(config: TrainConfig) -> tuple[TrainConfig, DataSplits, li
         lambda: load_data(
             config.dataset,
             config.data_dir,
-            test_fraction=config.test_fraction,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
+            shares=SplitShares(config.test_fraction, config.val_fraction, config.seed),
             label_file=label_file_options(vars(config)),
         )
     )

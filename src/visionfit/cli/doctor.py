@@ -69,7 +69,7 @@ def add_parser(commands: Any) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from visionfit.console import setup_logging
-    from visionfit.data.registry import load_data
+    from visionfit.data.registry import SplitShares, load_data
     from visionfit.doctor.checks import Settings
     from visionfit.doctor.options import DoctorOptions
     from visionfit.doctor.run import check_fail_on, run_doctor
@@ -90,7 +90,9 @@ def run(arguments: argparse.Namespace) -> int:
     )
     check_fail_on(options.fail_on)  # before reading any data
     data = load_data(
-        arguments.dataset, arguments.data_dir, test_fraction=arguments.test_fraction, seed=arguments.seed
+        arguments.dataset,
+        arguments.data_dir,
+        shares=SplitShares(arguments.test_fraction, seed=arguments.seed),
     )
     report = run_doctor(data, options)
     print(f"doctor: {len(report.issues)} issues in {report.summary['items']:,} pictures")

@@ -66,6 +66,17 @@ class DataSplits:
 
 
 @dataclass(frozen=True)
+class SplitShares:
+    """How a dataset's samples are split: the share of each class held out for testing (folders
+    without splits), the share of train held out for validation (None: no validation split), and
+    the seed of both draws."""
+
+    test_fraction: float = 0.1
+    val_fraction: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DataRequest:
     """What a source's load function gets: the user's folder, the share held out for testing and
     the seed for sources that split, `notify` for one-line messages, and whether the user named no
@@ -151,18 +162,17 @@ def load_data(
     dataset: str | None,
     data_dir: str | None,
     *,
-    test_fraction: float = 0.1,
-    val_fraction: float | None = None,
-    seed: int = 0,
+    shares: SplitShares = SplitShares(),
     download: bool = True,
     label_file: LabelFileOptions | None = None,
 ) -> DataSplits:
     """Load a dataset by name; without a name, the one a bare `data_dir` holds (said through the
     `visionfit` logger when it is not the default), else the default source. `download=False`: a source
     that would download raises `UserError` instead. `label_file`: the images and labels a label
-    file lists (the `labels` source, chosen when no dataset is named). `val_fraction`: that share
-    of every class held out of train for validation (`hold_out_validation`; a label file holds out
+    file lists (the `labels` source, chosen when no dataset is named). `shares.val_fraction`: that
+    share of every class held out of train for validation (`hold_out_validation`; a label file holds out
     its own share, `label_file.hold_out`)."""
+    test_fraction, val_fraction, seed = shares.test_fraction, shares.val_fraction, shares.seed
     request = DataRequest(
         data_dir,
         test_fraction,
@@ -217,7 +227,7 @@ def hold_out_validation(data: DataSplits, fraction: float, seed: int) -> DataSpl
     )
 
 
-def saved_split_settings(config: dict[str, Any]) -> dict[str, Any]:
+def saved_split_settings(config: dict[str, Any]) -> SplitShares:
     """`load_data`'s split arguments from a run's saved config (a checkpoint's, an export's), so
     that eval and export see the run's own splits. A config from before --test-fraction existed
     used --val-fraction for the test share."""
@@ -225,7 +235,7 @@ def saved_split_settings(config: dict[str, Any]) -> dict[str, Any]:
         test_fraction, val_fraction = config["test_fraction"], config.get("val_fraction")
     else:
         test_fraction, val_fraction = config.get("val_fraction", 0.1), None
-    return {"test_fraction": test_fraction, "val_fraction": val_fraction, "seed": config.get("seed", 0)}
+    return SplitShares(test_fraction, val_fraction, config.get("seed", 0))
 
 
 def check_data_dir(dataset: str, data_dir: str | None) -> None:

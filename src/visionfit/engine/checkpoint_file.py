@@ -97,7 +97,7 @@ def training_data(
     return load_data(
         dataset,
         data_dir,
-        **saved_split_settings(config),
+        shares=saved_split_settings(config),
         download=download,
         label_file=label_file_options(config) if dataset == "labels" else None,
     )

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from visionfit.config import TrainConfig
-from visionfit.data.registry import load_data
+from visionfit.data.registry import SplitShares, load_data
 from visionfit.data.samples import Samples
 
 READY = "complete"  # written last: a folder without it was cut short
@@ -46,7 +46,9 @@ def validation_folder(config: TrainConfig, folder: Path, fraction: float, seed: 
     """The study's train/ + val/ folder dataset cut from `config`'s training split (made once)."""
     if (folder / READY).is_file():
         return folder
-    data = load_data(config.dataset, config.data_dir, test_fraction=config.test_fraction, seed=config.seed)
+    data = load_data(
+        config.dataset, config.data_dir, shares=SplitShares(config.test_fraction, seed=config.seed)
+    )
     labels = data.train.label_tensor().tolist()
     train, validation = stratified_indices(labels, fraction, seed)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}")
