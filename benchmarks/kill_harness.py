@@ -128,6 +128,9 @@ def kill_until_done(
     tally: dict[str, int] = {"kills": 0, "fallbacks": 0}
     while tally["kills"] < limits[0] and time.monotonic() < limits[1]:
         where, output = attempt(next_command(data, runs, epochs), runs, rng, steps_per_epoch)
+        attempts = runs.parent / "attempts"  # every attempt's output, to see what each kill hit
+        attempts.mkdir(exist_ok=True)
+        (attempts / f"{tally['kills'] + 1:03d}-{where}.log").write_text(output)
         tally["fallbacks"] += output.count("falling back to the previous checkpoint")
         if where == "finished":
             return tally
