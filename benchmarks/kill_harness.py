@@ -106,7 +106,7 @@ def attempt(command: list[str], runs: Path, rng: random.Random, steps_per_epoch:
     time.sleep(rng.uniform(0, 0.05))
     rank = rng.randint(0, 1)
     pid = None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 900  # a loaded machine can take minutes to start the workers
     while pid is None and time.monotonic() < deadline and process.poll() is None:
         pid = worker_pid(str(runs), rank)
     if pid is None:
