@@ -36,6 +36,7 @@ from visionfit.distributed import (
     quiet_unless_main,
     wrap_model,
 )
+from visionfit.engine.balance import describe_class_weights, loss_class_weights
 from visionfit.engine.batches import RunData, create_batches
 from visionfit.engine.checkpointing import LAST, RunCheckpoints, has_weights
 from visionfit.engine.ema import WeightAverage
@@ -43,7 +44,7 @@ from visionfit.engine.epochs import TrainingRun, fit, test
 from visionfit.engine.events import open_events
 from visionfit.engine.features import frozen_features
 from visionfit.engine.loops import Evaluation, NonFiniteLossError
-from visionfit.engine.metrics import format_report
+from visionfit.engine.metrics import best_metric_name, format_report
 from visionfit.engine.multilabel import (
     check_multilabel_run,
     format_multilabel_report,
@@ -134,7 +135,9 @@ def run_training(
     model = build_training_model(config, runtime, data, preprocess, instance, plan)
     run_data = RunData(config, runtime, epoch_data, preprocess, data_path, logger.info)
     batches, test_batches = create_batches(run_data)
-    optimization = create_optimization(model, config, runtime, len(data.classes), batches.batches_per_epoch())
+    optimization = create_optimization(
+        model, config, runtime, len(data.classes), batches.batches_per_epoch(), class_weights(config, data)
+    )
     run_dir = plan.folder or broadcast_from_main(lambda: new_run_folder(config, data, model))
     lock = lock or lock_for_run(run_dir)
     checkpoints = run_checkpoints(config, run_dir, model, data, preprocess)
@@ -232,6 +235,14 @@ def resolve_preprocess(
     return Preprocess.for_model(spec, input_size=config.input_size, mean=config.mean, std=config.std)
 
 
+def class_weights(config: TrainConfig, data: DataSplits) -> torch.Tensor | None:
+    """--class-weights' loss weight of each class, said in one line (None without it)."""
+    weights = loss_class_weights(config.class_weights, data.train.label_tensor(), data.classes)
+    if weights is not None and config.class_weights is not None:
+        logger.info(describe_class_weights(config.class_weights, weights, data.classes))
+    return weights
+
+
 def check_run_setup(config: TrainConfig, runtime: Runtime, data: DataSplits, preprocess: Preprocess) -> str:
     """The data path ("memory" or "loader"), once every check that needs the device, the process
     count and the input size passed."""
@@ -241,6 +252,7 @@ def check_run_setup(config: TrainConfig, runtime: Runtime, data: DataSplits, pre
         device_type=runtime.device.type,
         world_size=runtime.world_size,
         input_size=preprocess.input_size,
+        validation=data.validation,
     )
     return data_path
 
@@ -512,6 +524,7 @@ def write_end_of_run(
             "accuracy": final["accuracy"],
             "loss": final["loss"],
             "macro_f1": final["macro"]["f1"],
+            **{name: final[name] for name in ("balanced_accuracy", "map") if name in final},
         }
     run.events.hparams(hyperparameters, summary, step=step)
     run.events.close()
@@ -521,6 +534,8 @@ def write_end_of_run(
         finished=now(),
         best_epoch=state.best_epoch,
         best_accuracy=best[held_out]["accuracy"],
+        best_metric=best_metric_name(config.best_metric, config.task),
+        stopped=run.stop_reason or f"trained all {config.epochs} epochs",
         **tested,
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 from visionfit.choices import (
     AUTO_AUGMENTS,
     BAD_IMAGE_POLICIES,
+    BEST_METRICS,
     CHANNELS_LAST,
     DATA_PATHS,
     DEVICE_HELP,
@@ -24,6 +25,8 @@ from visionfit.choices import (
     OPTIMIZERS,
     PRECISION_HELP,
     PRECISIONS,
+    RESIZE_MODES,
+    SAMPLERS,
     SCHEDULERS,
     TASKS,
 )
@@ -115,6 +118,15 @@ class TrainConfig:
     )
     input_size: int | None = option(
         None, "image side in pixels fed to the model (default: the model's own)", "data"
+    )
+    resize: str | None = option(
+        None,
+        "how a picture becomes the model's square input: crop (shorter side scaled, the centre "
+        "square kept), letterbox (longer side scaled, the rest padded with the mean colour: the "
+        "whole picture, undistorted) or squash (stretched to the square); kept in the checkpoint "
+        "and followed by predict, eval, export and serve (default: crop)",
+        "data",
+        choices=RESIZE_MODES,
     )
     mean: tuple[float, float, float] | None = option(
         None,
@@ -295,6 +307,38 @@ class TrainConfig:
     )
     warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs", "optimisation")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", "optimisation")
+    class_weights: str | None = option(
+        None,
+        "weigh each class's training loss: auto (inverse frequency in the training split, N / (K x "
+        "N_class)), effective (the effective number of samples, (1 - beta) / (1 - beta^N_class) with "
+        "beta 0.999, scaled to average 1) or one weight per class, W,W,...; printed at the start; "
+        "one label per image only (default: every class 1)",
+        "optimisation",
+        metavar="auto|effective|W,W,...",
+    )
+    sampler: str = option(
+        "plain",
+        "plain: every training image once an epoch; balanced: each epoch draws as many images, with "
+        "replacement, every class equally likely (seeded per epoch: exact on resume, on both data "
+        "paths and the feature cache; one label per image only)",
+        "optimisation",
+        choices=SAMPLERS,
+    )
+    best_metric: str | None = option(
+        None,
+        "the held-out number that chooses best.safetensors and drives --patience: accuracy, "
+        "balanced_accuracy (the mean of the per-class recalls), macro_f1, map (multi-label) or loss "
+        "(lowest) (default: accuracy, map for a multi-label run)",
+        "optimisation",
+        choices=BEST_METRICS,
+    )
+    patience: int = option(
+        0,
+        "stop when --best-metric on the validation split has not improved for N tested epochs in "
+        "a row (needs a validation split; 0: off)",
+        "optimisation",
+        metavar="N",
+    )
     ema: float = option(
         0.0,
         "keep an exponential moving average of the weights and BatchNorm statistics, updated after "

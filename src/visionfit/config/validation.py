@@ -61,6 +61,23 @@ def _check_counts(config: TrainConfig) -> None:
         raise UserError(f"--feature-views must be 0 or more, got {config.feature_views}")
     if config.log_every < 0:
         raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
+    if config.patience < 0:
+        raise UserError(f"--patience must be 0 (off) or a number of epochs, got {config.patience}")
+    _check_class_weights(config.class_weights)
+
+
+def _check_class_weights(value: str | None) -> None:
+    if value is None or value in ("auto", "effective"):
+        return
+    try:
+        weights = [float(item) for item in value.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(math.isfinite(weight) and weight >= 0 for weight in weights):
+        raise UserError(
+            f"--class-weights must be auto, effective or one number of 0 or more per class "
+            f"(W,W,...), got {value!r}"
+        )
 
 
 def _check_rates(config: TrainConfig) -> None:
@@ -137,9 +154,13 @@ def low_res_side(config: TrainConfig, input_size: int) -> int | None:
     return config.low_res_size or input_size * 3 // 4
 
 
-def check_setup(config: TrainConfig, *, device_type: str, world_size: int, input_size: int) -> None:
-    """What depends on where and on what the run trains: refused before a run folder is made."""
+def check_setup(
+    config: TrainConfig, *, device_type: str, world_size: int, input_size: int, validation: bool = False
+) -> None:
+    """What depends on where and on what the run trains (the task and `validation`, whether the data
+    have a validation split, are known once they are read): refused before a run folder is made."""
     check_global_batch(config.batch_size, world_size)
+    check_held_out_choices(config, validation)
     if config.sync_bn and world_size > 1 and device_type == "cpu":
         raise UserError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU version); leave it out")
     if world_size > 1 and config.unfreeze_at:
@@ -151,3 +172,37 @@ def check_setup(config: TrainConfig, *, device_type: str, world_size: int, input
     low_res = low_res_side(config, input_size)
     if low_res is not None and low_res >= input_size:
         raise UserError(f"--low-res-size {low_res} must be smaller than the input size {input_size}")
+
+
+def check_held_out_choices(config: TrainConfig, validation: bool) -> None:
+    """--patience needs a validation split; --best-metric, --class-weights and --sampler must suit
+    the task (known once the data are read: `config.task` is resolved by then)."""
+    if config.patience and not validation:
+        raise UserError(
+            "--patience stops on the validation split, and this run has none: add --val-fraction 0.1 "
+            "(or train/, val/ and test/ folders, or a split column), or leave --patience out"
+        )
+    multilabel = config.task == "multilabel"
+    if config.best_metric == "map" and not multilabel:
+        raise UserError(
+            "--best-metric map is for multi-label runs (--task multilabel); choose accuracy, "
+            "balanced_accuracy, macro_f1 or loss"
+        )
+    if config.best_metric == "balanced_accuracy" and multilabel:
+        raise UserError(
+            "--best-metric balanced_accuracy is for one label per image; a multi-label run chooses "
+            "with map, macro_f1, accuracy (exact match) or loss"
+        )
+    balancing = [
+        flag
+        for flag, used in (
+            (f"--class-weights {config.class_weights}", config.class_weights is not None),
+            ("--sampler balanced", config.sampler == "balanced"),
+        )
+        if used
+    ]
+    if multilabel and balancing:
+        raise UserError(
+            f"{' and '.join(balancing)} balances one class per image; a multi-label run (several "
+            "labels per image) cannot use it: leave it out"
+        )

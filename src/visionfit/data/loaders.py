@@ -31,9 +31,12 @@ class EpochBatchSampler(FollowsOrder, Sampler[list[SampleKey]]):
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         seed, epoch = self.order.seed, self.order.epoch
+        # A draw with replacement (--sampler balanced) may pick a sample twice in an epoch: each
+        # draw then gets its own per-sample choices, seeded by its position (past the indices).
+        drawn = self.order.num_samples if self.order.weights is not None else None
         for indices, positions in self.order:
             yield [
-                (index, sample_seed(seed, epoch, index), position)
+                (index, sample_seed(seed, epoch, index if drawn is None else drawn + position), position)
                 for index, position in zip(indices.tolist(), positions.tolist(), strict=True)
             ]
 

@@ -26,12 +26,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (value ^ (value >> 31)) >> 1
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    """The sample indices in the order epoch `epoch` visits them."""
+def epoch_order(
+    num_samples: int, seed: int, epoch: int, shuffle: bool, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The sample indices in the order epoch `epoch` visits them. With `weights` (--sampler
+    balanced), `num_samples` draws with replacement, each sample in proportion to its weight, from
+    the same seeded stream as the permutation (a function of seed and epoch alone)."""
+    if weights is not None:
+        generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
+        return torch.multinomial(
+            weights.to(torch.float64), num_samples, replacement=True, generator=generator
+        )
     if not shuffle:
         return torch.arange(num_samples)
     generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
     return torch.randperm(num_samples, generator=generator)
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's weight in `--sampler balanced`'s draw: 1 / (its class's count), so that every
+    class is drawn equally often."""
+    labels = labels.flatten().to(torch.int64)
+    return 1.0 / torch.bincount(labels).to(torch.float64)[labels]
 
 
 def batches_in_epoch(num_samples: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
@@ -69,8 +85,9 @@ def shard(items: Items, rank: int, world_size: int) -> Items:
 @dataclass
 class EpochOrder:
     """How each epoch walks `num_samples` samples in global batches of `batch_size`: the seeded
-    permutation (`epoch_order`), this process's `shard` of every batch (`rank` of `world_size`),
-    and the batch to start at when a half-finished epoch resumes (`set_epoch(epoch, start_batch)`).
+    permutation (`epoch_order`; with `weights`, --sampler balanced's seeded draw with replacement),
+    this process's `shard` of every batch (`rank` of `world_size`), and the batch to start at when
+    a half-finished epoch resumes (`set_epoch(epoch, start_batch)`).
 
     Iterating yields, for each remaining batch, this process's sample indices and their positions
     in the epoch's order (the positions seed the batch stage's augmentation draws)."""
@@ -82,6 +99,7 @@ class EpochOrder:
     drop_last: bool
     rank: int = 0
     world_size: int = 1
+    weights: torch.Tensor | None = None  # --sampler balanced: each sample's chance to be drawn
     epoch: int = field(default=0, init=False)
     start_batch: int = field(default=0, init=False)
 
@@ -97,7 +115,7 @@ class EpochOrder:
         return max(0, self.batches_per_epoch() - self.start_batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle, self.weights)
         for batch in range(self.start_batch, self.batches_per_epoch()):
             positions = shard(
                 batch_positions(batch, self.batch_size, self.num_samples), self.rank, self.world_size

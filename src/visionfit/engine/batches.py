@@ -17,7 +17,7 @@ from visionfit.data.augment import CropAndFlip, Normalize
 from visionfit.data.batches import BatchSteps, SourceBatch, TrainBatches, picture_reader
 from visionfit.data.loaders import EpochBatchSampler, default_workers, eval_loader, train_loader
 from visionfit.data.memory import MemoryBatches, MemoryTestBatches
-from visionfit.data.order import EpochOrder, shard
+from visionfit.data.order import EpochOrder, balanced_weights, shard
 from visionfit.data.policies import AutoAugment, LabelMixing, RandomErasing
 from visionfit.data.registry import DataSplits
 from visionfit.data.transforms import PictureReader, Preprocess
@@ -39,9 +39,10 @@ class RunData:
     notify: Callable[[str], None]
 
     def training_order(self) -> EpochOrder:
-        """How each epoch walks the training samples: the global batch, shuffling, seed, ragged
-        last batch, and this process's share."""
+        """How each epoch walks the training samples: the global batch, shuffling (or --sampler
+        balanced's draw), seed, ragged last batch, and this process's share."""
         config, runtime = self.config, self.runtime
+        balanced = config.sampler == "balanced"
         return EpochOrder(
             len(self.data.train),
             config.batch_size,
@@ -50,6 +51,7 @@ class RunData:
             drop_last=config.drop_last,
             rank=runtime.rank,
             world_size=runtime.world_size,
+            weights=balanced_weights(self.data.train.label_tensor()) if balanced else None,
         )
 
 

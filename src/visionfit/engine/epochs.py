@@ -25,7 +25,7 @@ from visionfit.engine.ema import WeightAverage
 from visionfit.engine.events import RunEvents
 from visionfit.engine.features import FrozenFeatures
 from visionfit.engine.loops import Classifier, Evaluation, StepOutput, evaluate, train_steps
-from visionfit.engine.metrics import Predictions
+from visionfit.engine.metrics import Predictions, best_metric_name, metric_score
 from visionfit.engine.multilabel import MultiLabelSums
 from visionfit.engine.optim import Optimization
 from visionfit.engine.preemption import STOP, stopped
@@ -50,6 +50,7 @@ class TrainingRun:
     events: RunEvents
     ema: WeightAverage | None = None  # --ema: the moving average of the weights
     features: FrozenFeatures | None = None  # the frozen backbone's features, with --freeze backbone
+    stop_reason: str = ""  # why `fit` stopped, for run.json
 
     @property
     def classes(self) -> list[str]:
@@ -81,15 +82,42 @@ def fit(
     test sample's, on rank 0), or None when no epoch was left to train. `on_epoch(record)` sees each
     epoch's record once it is saved; an exception it raises (a pruned trial) ends the run there."""
     evaluation = None
-    while state.epoch <= run.config.epochs:
+    while (reason := stop_reason(run.config, state)) is None:
         apply_freezing(run, state.epoch)
         evaluation = run_epoch(run, state, history)
-        signal_number = STOP.agreed_signal() if state.epoch <= run.config.epochs else 0
+        signal_number = STOP.agreed_signal() if stop_reason(run.config, state) is None else 0
         if signal_number:  # a signal during the test: the epoch's checkpoint is written, stop here
             raise stopped(signal_number, f"epoch {state.epoch - 1} is saved", run.checkpoints.folder.parent)
         if on_epoch is not None:
             on_epoch(history[-1])
+    run.stop_reason = reason
+    if not reason.startswith("trained all"):
+        logger.info(f"epoch {state.epoch - 1}: {reason}")
     return evaluation
+
+
+def stop_reason(config: TrainConfig, state: TrainState) -> str | None:
+    """Why the run stops before epoch `state.epoch`, or None while it goes on: a function of the
+    state alone, so that a resumed run stops where it would have."""
+    if state.epoch > config.epochs:
+        return f"trained all {config.epochs} epochs"
+    waited = state.epoch - 1 - state.best_epoch
+    if config.patience and state.best_epoch and waited >= config.patience:
+        epochs = f"{waited} epoch{'s' if waited != 1 else ''}"
+        metric = best_metric_name(config.best_metric, config.task)
+        return (
+            f"early stopping: val {metric} has not improved for {epochs} "
+            f"(--patience {config.patience}; best epoch {state.best_epoch})"
+        )
+    return None
+
+
+def improves(state: TrainState, score: float) -> bool:
+    """Whether an epoch's --best-metric `score` beats the best so far (a checkpoint from before
+    --best-metric kept only its best score, in `best_accuracy`)."""
+    if state.best_epoch == 0:
+        return True
+    return score > (state.best_score if state.best_score is not None else state.best_accuracy)
 
 
 def apply_freezing(run: TrainingRun, epoch: int) -> None:
@@ -130,10 +158,11 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         record["val"] = report
     history.append(record)
     run.events.epoch(record)
-    score = None if report is None else report.get("map", report["accuracy"])  # multi-label: mAP
-    best = score is not None and score > state.best_accuracy
+    metric = best_metric_name(config.best_metric, config.task)
+    score = None if report is None else metric_score(report, metric)
+    best = score is not None and improves(state, score)
     if best:
-        state.best_accuracy, state.best_epoch = score, epoch
+        state.best_accuracy, state.best_epoch, state.best_score = report["accuracy"], epoch, score
     state.finish_epoch()
     if run.runtime.is_main:
         run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best, run.ema)
@@ -262,7 +291,8 @@ def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
     elif report is not None:
         tested = (
             f"{split} loss {report['loss']:.4f}  {split} acc {report['accuracy']:.2%}  "
-            f"macro F1 {report['macro']['f1']:.3f}  ECE {report['calibration']['ece']:.2%}  "
+            f"balanced {report['balanced_accuracy']:.2%}  macro F1 {report['macro']['f1']:.3f}  "
+            f"ECE {report['calibration']['ece']:.2%}  "
         )
     logger.info(
         f"epoch {record['epoch']}/{config.epochs}  train loss {record['train_loss']:.4f}  {tested}"

@@ -153,9 +153,11 @@ def classification_report(
         }
         for index, name in enumerate(classes)
     }
+    present = support > 0  # balanced accuracy averages the recall of the classes in the data (scikit-learn's)
     report: dict[str, Any] = {
         "count": int(total),
         "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if bool(present.any()) else 0.0,
         "macro": _averages(scores, None),
         "weighted": _averages(scores, weights),
         "per_class": per_class,
@@ -186,6 +188,8 @@ def format_report(report: dict[str, Any], classes: list[str]) -> str:
             f"{values['recall']:6.3f}  {values['f1']:6.3f}  {report['count']:7d}"
         )
     summary = f"{'accuracy':>{width}}  {report['accuracy']:9.3f}"
+    if "balanced_accuracy" in report:  # reports saved before it existed have none
+        summary += f"  (balanced {report['balanced_accuracy']:.3f})"
     if "top5_accuracy" in report:
         summary += f"  (top-5 {report['top5_accuracy']:.3f})"
     if "loss" in report:
@@ -194,3 +198,20 @@ def format_report(report: dict[str, Any], classes: list[str]) -> str:
     if "calibration" in report:
         lines.append(f"{'calibration':>{width}}  {format_calibration(report['calibration'])}")
     return "\n".join(lines)
+
+
+def best_metric_name(best_metric: str | None, task: str) -> str:
+    """The number that chooses `best` (and drives --patience): --best-metric, or by default the
+    accuracy (mAP for a multi-label run)."""
+    if best_metric is not None:
+        return best_metric
+    return "map" if task == "multilabel" else "accuracy"
+
+
+def metric_score(report: dict[str, Any], metric: str) -> float:
+    """`metric`'s number in a held-out report, higher is better (the loss is negated)."""
+    if metric == "loss":
+        return -float(report["loss"])
+    if metric == "macro_f1":
+        return float(report["macro"]["f1"])
+    return float(report[metric])  # accuracy, balanced_accuracy, map

@@ -34,10 +34,16 @@ class Optimization:
 
 
 def create_optimization(
-    model: nn.Module, config: TrainConfig, runtime: Runtime, num_classes: int, steps_per_epoch: int
+    model: nn.Module,
+    config: TrainConfig,
+    runtime: Runtime,
+    num_classes: int,
+    steps_per_epoch: int,
+    class_weights: torch.Tensor | None = None,
 ) -> Optimization:
-    """Label-smoothed cross-entropy, the optimizer (a head and a slower backbone as two groups when
-    transfer learning asks for it), its per-step schedule and the precision's grad scaler."""
+    """Label-smoothed cross-entropy (each class's loss weighed by `class_weights`, --class-weights),
+    the optimizer (a head and a slower backbone as two groups when transfer learning asks for it),
+    its per-step schedule and the precision's grad scaler."""
     groups = None
     if config.freeze != "none" or config.backbone_lr_scale != 1.0:
         groups = parameter_groups(model, num_classes, config.lr, config.backbone_lr_scale)
@@ -45,7 +51,8 @@ def create_optimization(
     if config.task == "multilabel":
         loss_fn: nn.Module = MultiLabelLoss(config.label_smoothing)
     else:
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        weight = class_weights.to(runtime.device) if class_weights is not None else None
+        loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     return Optimization(
         loss_fn,
         optimizer,

@@ -29,6 +29,7 @@ class TrainState:
     global_step: int = 0
     best_accuracy: float = -1.0
     best_epoch: int = 0
+    best_score: float | None = None  # the best epoch's --best-metric score (higher is better)
     epoch_loss_sum: float = 0.0  # summed per-sample loss of this epoch's finished batches
     epoch_samples: int = 0
     epoch_seconds: float = 0.0  # training time spent in this epoch before the last resume
