@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import visionfit.training as training
 from conftest import make_image
@@ -161,6 +162,9 @@ def test_best_metric_loss_chooses_the_lowest_validation_loss(unbalanced, tmp_pat
     assert "balanced_accuracy" in result.history[0]["val"] and "balanced_accuracy" in status["test"]
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("balanced_accuracy" in record["val"] for record in metrics)
+    events = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("val/balanced_accuracy")) == 3
 
 
 def test_patience_stops_when_validation_stops_improving(unbalanced, tmp_path, visionfit_messages):
@@ -214,3 +218,20 @@ def test_a_multilabel_run_chooses_best_by_macro_f1_and_refuses_class_weights(
         ]
         assert len(errors) == 1 and flags[0] in errors[0]
     assert not (tmp_path / "refused").exists()
+
+
+def test_patience_counts_tested_epochs():
+    from visionfit.config import TrainConfig
+    from visionfit.engine.epochs import stop_reason
+    from visionfit.engine.state import TrainState
+
+    every_epoch = TrainConfig(epochs=20, patience=2)
+    assert stop_reason(every_epoch, TrainState(epoch=6, best_epoch=4)) is None
+    assert "for 2 epochs (--patience 2; best epoch 4)" in stop_reason(
+        every_epoch, TrainState(epoch=7, best_epoch=4)
+    )
+    every_other = TrainConfig(epochs=20, patience=2, test_every=2)
+    assert stop_reason(every_other, TrainState(epoch=8, best_epoch=4)) is None  # epoch 6 tested once since
+    assert "for 2 tested epochs" in stop_reason(every_other, TrainState(epoch=9, best_epoch=4))
+    assert stop_reason(every_other, TrainState(epoch=21, best_epoch=20)) == "trained all 20 epochs"
+    assert stop_reason(TrainConfig(epochs=20), TrainState(epoch=15, best_epoch=1)) is None  # no --patience

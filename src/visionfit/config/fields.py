@@ -334,8 +334,8 @@ class TrainConfig:
     )
     patience: int = option(
         0,
-        "stop when --best-metric on the validation split has not improved for N tested epochs in "
-        "a row (needs a validation split; 0: off)",
+        "stop when --best-metric on the validation split has not improved for N epochs in a row "
+        "(N tested epochs with --test-every; needs a validation split; 0: off)",
         "optimisation",
         metavar="N",
     )

@@ -172,8 +172,9 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
                     f"{split}_macro_f1": report["macro"]["f1"],
                 }
             )
-            if "top5_accuracy" in report:
-                metrics[f"{split}_top5_accuracy"] = report["top5_accuracy"]
+            for name in ("top5_accuracy", "balanced_accuracy"):  # one label per image
+                if name in report:
+                    metrics[f"{split}_{name}"] = report[name]
             if "map" in report:  # several labels per image
                 metrics.update({f"{split}_map": report["map"], f"{split}_micro_f1": report["micro"]["f1"]})
     return metrics

@@ -101,9 +101,11 @@ def stop_reason(config: TrainConfig, state: TrainState) -> str | None:
     state alone, so that a resumed run stops where it would have."""
     if state.epoch > config.epochs:
         return f"trained all {config.epochs} epochs"
-    waited = state.epoch - 1 - state.best_epoch
+    # Tests since the best one (with --test-every K, only every K-th epoch is measured).
+    waited = (state.epoch - 1) // config.test_every - state.best_epoch // config.test_every
     if config.patience and state.best_epoch and waited >= config.patience:
-        epochs = f"{waited} epoch{'s' if waited != 1 else ''}"
+        kind = "epoch" if config.test_every == 1 else "tested epoch"
+        epochs = f"{waited} {kind}{'s' if waited != 1 else ''}"
         metric = best_metric_name(config.best_metric, config.task)
         return (
             f"early stopping: val {metric} has not improved for {epochs} "

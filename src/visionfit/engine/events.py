@@ -21,6 +21,17 @@ def _hparam_value(value: Any) -> int | float | str | bool:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
+SPLIT_SCALARS = (
+    "loss",
+    "accuracy",
+    "balanced_accuracy",
+    "top5_accuracy",
+    "map",
+    "exact_match",
+    "hamming_loss",
+)
+
+
 class RunEvents:
     """Writes one run's TensorBoard events and metrics.jsonl. Only the main process creates one."""
 
@@ -61,8 +72,9 @@ class RunEvents:
     def split_scalars(self, split: str, report: dict[str, Any], step: int) -> None:
         """One held-out split's numbers (`split`: "test" or "val") for TensorBoard."""
         assert self.writer is not None
-        for name in ("loss", "accuracy", "top5_accuracy", "map", "exact_match", "hamming_loss"):
-            if name in report:  # multi-label tests have no top-5; single-label ones no mAP
+        # Multi-label tests have no top-5 or balanced accuracy; single-label ones no mAP.
+        for name in SPLIT_SCALARS:
+            if name in report:
                 self.writer.add_scalar(f"{split}/{name}", report[name], step)
         for average in ("macro", "weighted", "micro"):
             for name, value in report.get(average, {}).items():
