@@ -7,6 +7,7 @@ not `train`, so that `visionfit.train` stays the function.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,8 @@ def resolve_preprocess(
     config: TrainConfig, image_side: int | None = None, model: nn.Module | None = None
 ) -> Preprocess:
     """The model's own input size and normalisation (torchvision models: their pretrained
-    weights' resize, crop, mean, std and interpolation) unless the config overrides them.
+    weights' resize, crop, mean, std and interpolation) unless the config overrides them (--resize:
+    how a picture becomes the square; the model's centre crop when not given).
 
     A user's own model may say what it expects with class attributes `input_size`, `mean` and
     `std`; otherwise it gets the dataset's image side (or 224) and ImageNet's statistics."""
@@ -230,9 +232,11 @@ def resolve_preprocess(
             input_size=config.input_size or side,
             mean=config.mean or tuple(getattr(source, "mean", IMAGENET_MEAN)),
             std=config.std or tuple(getattr(source, "std", IMAGENET_STD)),
+            resize_mode=config.resize or "crop",
         )
     spec = get_model_spec(config.model)
-    return Preprocess.for_model(spec, input_size=config.input_size, mean=config.mean, std=config.std)
+    preprocess = Preprocess.for_model(spec, input_size=config.input_size, mean=config.mean, std=config.std)
+    return dataclasses.replace(preprocess, resize_mode=config.resize) if config.resize else preprocess
 
 
 def class_weights(config: TrainConfig, data: DataSplits) -> torch.Tensor | None:

@@ -40,7 +40,9 @@ class Preprocess:
     """How an RGB image becomes the model's input tensor.
 
     resize_mode "crop": scale the shorter side to input_size / crop_fraction, then take the centre
-    square; "squash": resize straight to input_size x input_size (the tutorial's Resize((32, 32))).
+    square; "letterbox": scale the longer side to input_size and pad the rest, centred, with the
+    mean colour (the whole picture kept, undistorted); "squash": resize straight to input_size x
+    input_size (the tutorial's Resize((32, 32))).
     """
 
     input_size: int
@@ -113,15 +115,23 @@ def as_uint8_tensor(picture: Picture) -> torch.Tensor:
 def resize_picture(tensor: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """The evaluation resize: a (3, H, W) tensor brought to input_size x input_size (no work when it
     already is). "crop": shorter side to input_size / crop_fraction, then the centre square;
+    "letterbox": longer side to input_size, then padded to the square with the mean colour;
     "squash": straight to the square."""
     size = preprocess.input_size
     height, width = tensor.shape[-2:]
-    shorter = size if preprocess.resize_mode == "squash" else round(size / preprocess.crop_fraction)
+    whole = preprocess.resize_mode in ("squash", "letterbox")
+    shorter = size if whole else round(size / preprocess.crop_fraction)
     if (height, width) == (size, size) and shorter == size:
         return tensor  # nothing to do (and no torchvision to import: a second at start)
     from torchvision.transforms.v2 import functional as F
 
     mode = preprocess.interpolation_mode
+    if preprocess.resize_mode == "letterbox":
+        longer = max(height, width)
+        scaled = [max(1, round(height * size / longer)), max(1, round(width * size / longer))]
+        if scaled != [height, width]:
+            tensor = F.resize(tensor, scaled, interpolation=mode, antialias=True)
+        return pad_to_square(tensor, size, preprocess.mean)
     if preprocess.resize_mode == "squash":
         return F.resize(tensor, [size, size], interpolation=mode, antialias=True)
     if min(height, width) != shorter:
@@ -129,6 +139,18 @@ def resize_picture(tensor: torch.Tensor, preprocess: Preprocess) -> torch.Tensor
     if tuple(tensor.shape[-2:]) != (size, size):
         tensor = F.center_crop(tensor, [size, size])
     return tensor
+
+
+def pad_to_square(tensor: torch.Tensor, side: int, mean: tuple[float, float, float]) -> torch.Tensor:
+    """`tensor` (3, H, W; H, W <= side) centred on a side x side canvas of the mean colour, which
+    normalisation turns into zeros: the bars carry no signal."""
+    fill = torch.tensor([value * 255 for value in mean], device=tensor.device)
+    fill = fill.round().to(torch.uint8) if tensor.dtype == torch.uint8 else fill.to(tensor.dtype)
+    canvas = fill[:, None, None].expand(tensor.shape[0], side, side).clone()
+    height, width = tensor.shape[-2:]
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[:, top : top + height, left : left + width] = tensor
+    return canvas
 
 
 def uses_padded_crops(preprocess: Preprocess) -> bool:
@@ -149,6 +171,8 @@ class PictureReader:
         tensor = as_uint8_tensor(picture)
         if not self.random_crop:
             return resize_picture(tensor, self.preprocess)
+        if self.preprocess.resize_mode == "letterbox":  # crops of the padded picture, as it is tested
+            tensor = pad_to_square(tensor, max(tensor.shape[-2:]), self.preprocess.mean)
         top, left, height, width = random_resized_crop_box(*tensor.shape[-2:], rng or random.Random())
         size = self.preprocess.input_size
         from torchvision.transforms.v2 import functional as F

@@ -133,6 +133,11 @@ def resize_record(preprocess: Preprocess) -> dict[str, Any]:
     if preprocess.resize_mode == "crop":
         record["shorter_side"] = round(preprocess.input_size / preprocess.crop_fraction)
         record["how"] = "scale the shorter side to shorter_side, then cut the centre input_size square"
+    elif preprocess.resize_mode == "letterbox":
+        record["how"] = (
+            "scale the longer side to input_size, then pad to input_size x input_size, centred, with the "
+            "normalization mean colour (round(mean x 255))"
+        )
     else:
         record["how"] = "scale straight to input_size x input_size"
     return {
