@@ -114,3 +114,14 @@ def test_with_ema_the_cached_path_tests_the_averaged_head(folder_dataset, tmp_pa
         torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
     for one, other in zip(plain_records, cached_records, strict=True):
         assert other["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
+
+
+def test_the_balanced_draw_is_the_same_on_cached_features(folder_dataset, tmp_path):
+    runs, balanced = tmp_path / "runs", ("--no-augment", "--sampler", "balanced", "--epochs", "1")
+    assert main(arguments(folder_dataset, runs, "plain", *balanced, "--no-feature-cache")) == 0
+    assert main(arguments(folder_dataset, runs, "cached", *balanced)) == 0
+    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
+    for one, other in zip(plain_records, cached_records, strict=True):
+        assert other["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
