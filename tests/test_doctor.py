@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import make_folder_dataset, tree_digest
 from visionfit.cli import main
+from visionfit.config import build_config, read_config_file
 
 pytest.importorskip("imagehash")
 pytest.importorskip("sklearn")
@@ -127,10 +128,15 @@ def test_train_exclude_leaves_out_the_listed_files(capsys, tmp_path):
     assert code == 0
     assert "leaving out 2 file(s)" in out and "2 near_duplicate" in out
     run = tmp_path / "runs" / "x"
-    assert yaml.safe_load((run / "config.yaml").read_text())["exclude"] == str(exclude)
+    config_text = (run / "config.yaml").read_text()
+    assert yaml.safe_load(config_text)["exclude"] == str(exclude)
+    # The config records which CSV and how many pictures it left out (a comment: it still reruns).
+    assert f"# --exclude {exclude} left out 2 pictures (2 near_duplicate)" in config_text
+    assert build_config(read_config_file(run / "config.yaml")).exclude == str(exclude)
     skipped = (run / "skipped_images.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in skipped) == sorted(str(path) for path in listed)
     status = json.loads((run / "run.json").read_text())
+    assert status["excluded"] == {"file": str(exclude), "count": 2, "kinds": {"near_duplicate": 2}}
     assert "16 train / 8 test" not in status["dataset"]  # (18 + 9 pictures, minus one of each)
 
 
@@ -186,3 +192,19 @@ def test_pictures_in_memory_are_checked_by_their_pixels(capsys, cifar_batches, t
         "exact_duplicate",
     )
     assert "conflicting labels" in first_row["detail"]
+
+
+def test_tensorboard_holds_one_image_per_grid(capsys, dirty_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    report = tmp_path / "report"
+    arguments = ["--data-dir", str(dirty_dataset), "--no-model", "--tensorboard", "--out", str(report)]
+    code, _, err = run_doctor_cli(capsys, *arguments)
+    assert code == 0, err
+    grids = json.loads((report / "report.json").read_text())["grids"]
+    events = EventAccumulator(str(report / "tensorboard"), size_guidance={IMAGES: 0})
+    events.Reload()
+    assert sorted(events.Tags()[IMAGES]) == sorted(f"doctor/{kind}" for kind in grids)
+    with Image.open(report / grids["exact_duplicate"]) as grid:
+        written = events.Images("doctor/exact_duplicate")[0]
+        assert (written.width, written.height) == grid.size

@@ -212,8 +212,11 @@ def config_from(config: TrainConfig | None, overrides: dict[str, Any], source: s
     return config
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
+def save_config(config: TrainConfig, path: Path, notes: tuple[str, ...] = ()) -> None:
+    """Write `config` as YAML; `notes` (what the run derived from it, such as what --exclude left
+    out) go in comment lines, so the file still reruns with --config."""
     import yaml
 
     header = "# visionfit training config; rerun with: visionfit train --config THIS_FILE\n"
+    header += "".join(f"# {note}\n" for note in notes)
     path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

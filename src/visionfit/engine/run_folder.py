@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from visionfit.config import TrainConfig, read_config_file, save_config, saved_config
+from visionfit.data.exclusion import exclusion_record
 from visionfit.data.registry import DataSplits
 from visionfit.errors import UserError
 
@@ -66,8 +67,17 @@ def start_run_folder(
     *,
     resumed: bool,
 ) -> None:
-    """config.yaml, the list of left-out images, and run.json saying the run is running."""
-    save_config(config, folder / "config.yaml")
+    """config.yaml, the list of left-out images, and run.json saying the run is running; with
+    --exclude, both record the CSV and how many pictures it left out."""
+    excluded = exclusion_record(config.exclude, skipped)
+    notes = ()
+    if excluded is not None:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in excluded["kinds"].items()) or "none present"
+        notes = (
+            f"--exclude {excluded['file']} left out {excluded['count']} pictures ({kinds}); "
+            "skipped_images.txt lists them",
+        )
+    save_config(config, folder / "config.yaml", notes)
     if skipped:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
         (folder / "skipped_images.txt").write_text(lines, encoding="utf-8")
@@ -78,6 +88,7 @@ def start_run_folder(
         classes=data.classes,
         dataset=data.description,
         processes=processes,
+        **({"excluded": excluded} if excluded is not None else {}),
     )
 
 
