@@ -147,7 +147,17 @@ def test_doctor_with_quick_models_then_with_a_checkpoint(capsys, tmp_path):
     (root / "train" / "lime" / "0.png").rename(root / "train" / "apple" / "lime_as_apple.png")
     before = tree_digest(root)
     report = tmp_path / "report"
-    arguments = ["--data-dir", str(root), "--folds", "2", "--epochs", "1", "--out", str(report)]
+    arguments = [
+        "--data-dir",
+        str(root),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--no-pretrained",
+        "--out",
+        str(report),
+    ]
     code, out, err = run_doctor_cli(capsys, *arguments)
     assert code == 0, err
     assert tree_digest(root) == before

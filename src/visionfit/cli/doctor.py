@@ -38,7 +38,23 @@ def add_parser(commands: Any) -> None:
         "--model",
         metavar="CHECKPOINT|RUN",
         help="take features from this model's penultimate layer (probabilities: a K-fold logistic "
-        "regression on them); default: train a quick model on K folds of the data itself",
+        "regression on them); default: pretrained torchvision weights already in torch's cache "
+        "(TORCH_HOME/hub/checkpoints; the cheapest model when several), else a quick model trained on "
+        "K folds of the data itself",
+    )
+    model.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="take features from torchvision model NAME's pretrained weights instead (downloaded once "
+        "when missing, as train --pretrained does)",
+    )
+    model.add_argument(
+        "--weights", metavar="FILE", help="with --pretrained NAME: its weights from this local file"
+    )
+    model.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="train the quick models even when pretrained weights are on this machine",
     )
     model.add_argument("--folds", type=positive, default=3, help="K of the cross-validation (default: 3)")
     model.add_argument(
@@ -72,6 +88,7 @@ def run(arguments: argparse.Namespace) -> int:
     from visionfit.data.registry import SplitShares, load_data
     from visionfit.doctor.checks import Settings
     from visionfit.doctor.options import DoctorOptions
+    from visionfit.doctor.pretrained import check_pretrained_options
     from visionfit.doctor.run import check_fail_on, run_doctor
 
     setup_logging()
@@ -79,6 +96,9 @@ def run(arguments: argparse.Namespace) -> int:
         output=Path(arguments.out).expanduser(),
         use_model=not arguments.no_model,
         model=arguments.model,
+        pretrained=arguments.pretrained,
+        weights=arguments.weights,
+        no_pretrained=arguments.no_pretrained,
         folds=arguments.folds,
         epochs=arguments.epochs,
         device=arguments.device,
@@ -89,6 +109,7 @@ def run(arguments: argparse.Namespace) -> int:
         settings=Settings(near_duplicate_bits=arguments.near_duplicate_bits),
     )
     check_fail_on(options.fail_on)  # before reading any data
+    check_pretrained_options(options)
     data = load_data(
         arguments.dataset,
         arguments.data_dir,

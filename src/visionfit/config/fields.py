@@ -231,7 +231,8 @@ class TrainConfig:
     exclude: str | None = option(
         None,
         "leave out the files listed in this CSV (the issues.csv of `visionfit doctor`; its 'file' "
-        "column); they are listed in the run folder's skipped_images.txt",
+        "column); they are listed in the run folder's skipped_images.txt, and config.yaml and run.json "
+        "record the CSV and how many were left out",
         "data",
         metavar="CSV",
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from visionfit.errors import UserError, did_you_mean
 
@@ -54,6 +54,8 @@ class Evidence:
     settings: Settings
     probabilities: np.ndarray | None = None  # out-of-sample (items, classes), or None
     probability_source: str = ""  # where they came from, said in the report
+    # Where the features came from: source (model, pretrained or quick), model, and the weights.
+    feature_source: dict[str, Any] = field(default_factory=dict)
     in_sample: bool = False  # True when the model saw these labels in training (memorised)
     features: np.ndarray | None = None  # (items, dimensions) embeddings, or None
     # Which model each item's features come from (one per fold); compared only within a group.

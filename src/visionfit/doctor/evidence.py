@@ -1,17 +1,20 @@
 """Out-of-sample probabilities and features for the checks that need a model (label issues,
-outliers), from one of two places:
+outliers), from the first of three places that applies:
 
 - `--model CHECKPOINT|RUN`: its penultimate layer's features of every picture; probabilities from a
   K-fold logistic regression on them (scikit-learn), so each picture's come from a classifier that
   did not see its label. The features themselves come from a model that may have been trained on
   these labels (and memorised some): the report says so.
+- pretrained torchvision weights (`doctor.pretrained`): the ones `--pretrained NAME` names, else
+  the cheapest whose file is already in torch's cache; features and probabilities as for --model.
 - otherwise a quick model trained on the data itself, K times: the pictures split into K
   stratified folds, a `fast`-recipe model trained on K-1 of them (visionfit's own `train`, on a
-  folder of links to the files) gives the probabilities and features of the held-out fold. No
-  pretrained weights are used (there are none on this machine): on photos, a model trained from
-  scratch on a few hundred pictures is a weak judge, and the report says that too.
+  folder of links to the files) gives the probabilities and features of the held-out fold. On
+  photos, a model trained from scratch on a few hundred pictures is a weak judge, and the report
+  says that too.
 
-Doctor writes only under its report folder: the fold folders hold links, not copies.
+The report names the source (`feature_source`). Doctor writes only under its report folder: the
+fold folders hold links, not copies.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ import numpy as np
 import torch
 
 from visionfit.doctor.collection import Collection
+from visionfit.doctor.pretrained import (
+    PretrainedSource,
+    choose_pretrained,
+    pretrained_model,
+    weights_preprocess,
+)
 from visionfit.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -43,45 +52,67 @@ QUICK_SIDE = 64  # the quick model's input side for pictures larger than this
 
 
 def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOptions) -> None:
-    """Fill `evidence.probabilities`, `features`, `feature_groups` and `probability_source`, from
-    the cache when the same pictures, labels, model and options were seen before."""
+    """Fill `evidence.probabilities`, `features`, `feature_groups`, `probability_source` and
+    `feature_source`, from the cache when the same pictures, labels, model and options were seen
+    before."""
+    from visionfit.inference import load_for_inference
+
     usable = np.flatnonzero(evidence.facts.error == "")
+    pretrained = choose_pretrained(options)
+    regression = f"a {options.folds}-fold logistic regression on the penultimate features of"
     if options.model:
+        evidence.feature_source = {"source": "model", "model": options.model}
         evidence.probability_source = (
-            f"a {options.folds}-fold logistic regression on the penultimate features of {options.model} "
+            f"{regression} {options.model} "
             "(if that model was trained on these labels, its features have partly memorised them)"
         )
+    elif pretrained is not None:
+        evidence.feature_source = {"source": "pretrained", "model": pretrained.name}
+        evidence.feature_source.update(weights=pretrained.weights, file=str(pretrained.file or ""))
+        evidence.probability_source = (
+            f"{regression} {pretrained.describe()}, trained on other pictures: out-of-sample"
+        )
     else:
+        evidence.feature_source = {"source": "quick", "model": "cifar10-quick", "epochs": options.epochs}
         evidence.probability_source = (
             f"{options.folds} quick models (fast recipe, {options.epochs} epochs, no pretrained weights), "
             "each trained on the other folds: out-of-sample"
         )
-    path = cache_dir() / "doctor" / f"{evidence_key(evidence, options)}.npz"
+    path = cache_dir() / "doctor" / f"{evidence_key(evidence, options, pretrained)}.npz"
     if path.is_file():
         logger.info(f"doctor: the model's probabilities and features from the cache ({path})")
         with np.load(path) as stored:
             probabilities, features, groups = stored["probabilities"], stored["features"], stored["groups"]
-    elif options.model:
-        probabilities, features = model_evidence(evidence.collection, usable, options)
+    elif options.model or pretrained is not None:
+        model = (
+            pretrained_model(pretrained, len(evidence.collection.classes), options.device)
+            if pretrained is not None
+            else load_for_inference(options.model, device=options.device, flip=False, shift=0)
+        )
+        logger.info(f"doctor: features from {evidence.probability_source.removeprefix(regression).strip()}")
+        probabilities, features = model_evidence(model, evidence.collection, usable, options.folds)
         groups = np.where(evidence.facts.error == "", 0, -1)
     else:
         probabilities, features, groups = quick_model_evidence(evidence.collection, usable, options)
     if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-            np.savez(temporary, probabilities=probabilities, features=features, groups=groups)
-            os.replace(temporary, path)
-        except OSError as error:  # a read-only cache costs only the next run's training
-            logger.warning(
-                f"warning: cannot cache doctor's model evidence in {path.parent} ({error.strerror})"
-            )
+        store_evidence(path, probabilities, features, groups)
     evidence.probabilities, evidence.features, evidence.feature_groups = probabilities, features, groups
 
 
-def evidence_key(evidence: Evidence, options: DoctorOptions) -> str:
+def store_evidence(path: Path, probabilities: np.ndarray, features: np.ndarray, groups: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez(temporary, probabilities=probabilities, features=features, groups=groups)
+        os.replace(temporary, path)
+    except OSError as error:  # a read-only cache costs only the next run's training
+        logger.warning(f"warning: cannot cache doctor's model evidence in {path.parent} ({error.strerror})")
+
+
+def evidence_key(evidence: Evidence, options: DoctorOptions, pretrained: PretrainedSource | None) -> str:
     """Everything the probabilities and features depend on: the pictures' content hashes and
-    labels, the model file(s) (path, size, modification time) or the quick models' settings."""
+    labels, the model file(s) (path, size, modification time) or the pretrained weights' file and
+    preprocessing, or the quick models' settings."""
     digest = hashlib.sha256()
     model = None
     if options.model:
@@ -89,7 +120,9 @@ def evidence_key(evidence: Evidence, options: DoctorOptions) -> str:
         files = sorted(source.rglob("*.safetensors")) if source.is_dir() else [source]
         model = [[str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns] for file in files]
     settings = {"format": CACHE_FORMAT, "model": model, "folds": options.folds, "seed": options.seed}
-    if not options.model:
+    if pretrained is not None:
+        settings.update(pretrained=pretrained.identity(), preprocess=weights_preprocess(pretrained).to_dict())
+    elif not options.model:
         settings.update(epochs=options.epochs, side=QUICK_SIDE)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update("\n".join(evidence.facts.digest).encode())
@@ -127,23 +160,20 @@ def _full(count: int, columns: int, items: np.ndarray, values: np.ndarray, fill:
 
 
 def model_evidence(
-    collection: Collection, usable: np.ndarray, options: DoctorOptions
+    model: InferenceModel, collection: Collection, usable: np.ndarray, folds: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features from `options.model`, probabilities from a K-fold logistic regression on them."""
+    """Features from `model`'s penultimate layer, probabilities from a K-fold logistic regression
+    on them: each item's from a classifier that did not see its label."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from visionfit.inference import load_for_inference
-
-    # Any model's features will do (one trained on other data has memorised none of these labels).
-    model = load_for_inference(options.model, device=options.device, flip=False, shift=0)
     features, _ = features_and_probabilities(model, collection, usable)
     labels = collection.labels[usable]
-    folds = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=0)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
-    probabilities = cross_val_predict(classifier, features, labels, cv=folds, method="predict_proba")
+    probabilities = cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")
     count, classes = len(collection), len(collection.classes)
     uniform = 1.0 / classes
     return _full(count, classes, usable, probabilities, uniform), _full(

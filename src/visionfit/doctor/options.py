@@ -15,6 +15,9 @@ class DoctorOptions:
     output: Path = Path("doctor-report")
     use_model: bool = True  # False: only the checks that need no model
     model: str | None = None  # a checkpoint or run folder whose penultimate layer gives features
+    pretrained: str | None = None  # a torchvision model whose pretrained weights give features
+    weights: str | None = None  # --pretrained's weights from this local file
+    no_pretrained: bool = False  # quick models even when pretrained weights are on the machine
     folds: int = 3  # K of the cross-validation that makes probabilities out-of-sample
     epochs: int = 8  # of each fold's quick model, when no --model is given
     device: str = "auto"

@@ -60,6 +60,7 @@ def write_report(
         **about,
         "items": len(evidence.collection),
         "probabilities": evidence.probability_source or None,
+        "features": evidence.feature_source or None,
         "in_sample": evidence.in_sample,
         "kinds": {
             result.kind: {"count": len(result.issues), "summary": result.summary, "ran": result.ran}

@@ -13,6 +13,7 @@ from visionfit.doctor.checks import CheckResult, Evidence, Issue, get_check, reg
 from visionfit.doctor.collection import collect
 from visionfit.doctor.facts import gather_facts
 from visionfit.doctor.options import DoctorOptions
+from visionfit.doctor.pretrained import check_pretrained_options
 from visionfit.doctor.report import ordered, summary_lines, write_report
 from visionfit.errors import UserError
 
@@ -47,6 +48,7 @@ def run_doctor(data: DataSplits, options: DoctorOptions) -> DoctorReport:
     """Find what is wrong with `data` and write the report folder `options.output`."""
     require_extra()
     check_fail_on(options.fail_on)
+    check_pretrained_options(options)
     started = time.perf_counter()
     collection = collect(data)
     logger.info(f"doctor: reading {len(collection):,} pictures ({data.description})")
