@@ -107,3 +107,17 @@ def test_near_copies_agree_with_datalab(pictures_with_copies, tmp_path):
     score = lab.get_issues("near_duplicate")["near_duplicate_score"].to_numpy()
     correlation = spearmanr(score, apart.min(axis=1)).statistic
     assert correlation > 0.95, correlation
+
+
+def test_shipped_code_never_imports_cleanlab():
+    import ast
+
+    import visionfit
+
+    package = Path(visionfit.__file__).parent
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(name.split(".")[0] == "cleanlab" for name in names), source
