@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_folder_dataset
 from visionfit.cli import main
 from visionfit.config import build_config
 from visionfit.errors import UserError
@@ -79,6 +81,7 @@ def test_space_file_ranges_choices_and_fixed_values(tmp_path):
         ({"lr": {"low": 0.1}}, "must be a value, {choices"),
         ({"optimizer": {"low": 1, "high": 2}}, "is not a number"),
         ({"data_dir": {"choices": ["a", "b"]}}, "cannot be searched"),
+        ({"val_fraction": {"low": 0.1, "high": 0.3}}, "cannot be searched"),
         ({"auto_augment": {"choices": []}}, "non-empty list"),
         ({"lr": 0.1}, "names no option to search"),
     ],
@@ -128,25 +131,54 @@ def test_tune_trials_are_run_folders_on_a_validation_split_and_best_yaml_trains(
     out = capsys.readouterr().out
     assert code == 0
     assert "| trial | val accuracy | epochs | lr | run folder |" in out
-    assert "its test accuracy, measured once:" in out
+    assert "its test accuracy (measured once, at the end of its run):" in out
     study = load_study(runs)
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
-    # The validation images are training images, never the test (val/) folder's.
-    held_out = list((runs / "tune" / "validation-data" / "val").rglob("*.png"))
-    assert held_out and all(path.resolve().parent.parent.name == "train" for path in held_out)
     for trial in study.trials:
         folder = runs / "tune" / "trials" / f"trial-{trial.number:04d}"
         status = json.loads((folder / "run.json").read_text())
         assert status["status"] == "finished" and status["trial"] == trial.number
+        # Scored on validation held out of train/ (val/ of a two-folder dataset is the test split).
+        assert status["best_chosen_on"] == "val" and "accuracy" in status["test"]
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert trial.value == max(record["val"]["accuracy"] for record in records)
+        assert all(record["test"] is None for record in records)
         assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
         assert (folder / "checkpoints" / "best.safetensors").is_file()
     assert {path.name for path in (runs / "tune").glob("*.png")} >= {"optimization_history.png"}
     best = runs / "tune" / "best.yaml"
     text = best.read_text()
     assert f"data_dir: {split_dataset}" in text and f"lr: {study.best_params['lr']}" in text
+    assert "val_fraction: 0.2" in text
     code = main(["train", "--config", str(best), "--run-dir", str(tmp_path / "final"), "--name", "best"])
     assert code == 0
     assert json.loads((tmp_path / "final" / "best" / "run.json").read_text())["status"] == "finished"
+
+
+def test_tune_takes_trains_own_val_fraction(capsys, split_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    code = main(tune_command(split_dataset, runs, "--epochs", "1", "--trials", "1", "--val-fraction", "0.5"))
+    assert code == 0, capsys.readouterr().err
+    folder = runs / "tune" / "trials" / "trial-0000"
+    assert "val_fraction: 0.5" in (folder / "config.yaml").read_text()
+    assert "val_fraction: 0.5" in (runs / "tune" / "best.yaml").read_text()
+    assert json.loads((folder / "run.json").read_text())["best_chosen_on"] == "val"
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["val"]["count"] == 12  # half of the 24 training images, none of val/ (the test split)
+
+
+def test_the_datas_own_validation_split_scores_the_trials(tmp_path):
+    from visionfit.tune.search import with_validation
+
+    two = make_folder_dataset(tmp_path / "two", split=True)  # train/ and val/: val/ is the test split
+    three = make_folder_dataset(tmp_path / "three", split=True)
+    shutil.copytree(three / "val", three / "test")  # train/, val/ and test/: the data's own validation
+    base = build_config(flag_values={"dataset": "folder", "data_dir": str(three)})
+    assert with_validation(base, 0.2).val_fraction is None  # its own val/, not a share of train
+    shared = build_config(flag_values={"dataset": "folder", "data_dir": str(two)})
+    assert with_validation(shared, 0.2).val_fraction == 0.2
+    given = build_config(flag_values={"dataset": "folder", "data_dir": str(two), "val_fraction": 0.3})
+    assert with_validation(given, 0.2).val_fraction == 0.3
 
 
 def test_a_failing_trial_is_marked_failed_and_the_study_goes_on(capsys, folder_dataset, tmp_path):
@@ -162,7 +194,7 @@ def test_a_failing_trial_is_marked_failed_and_the_study_goes_on(capsys, folder_d
     study = open_study(study_options, epochs=1)
     study.enqueue_trial({"model": "no-such-model"})
     study.enqueue_trial({"model": "cifar10-quick"})
-    result = tune(base, space, study_options, TuneOptions(trials=2, final_test=False))
+    result = tune(base, space, study_options, TuneOptions(trials=2))
     states = [trial.state.name for trial in load_study(runs).trials]
     assert states == ["FAIL", "COMPLETE"]
     assert "no-such-model" in load_study(runs).trials[0].user_attrs["failure"]
@@ -182,7 +214,7 @@ def test_pruned_trial_stops_early_and_says_so_in_run_json(capsys, folder_dataset
     study = open_study(study_options, epochs=4)
     study.enqueue_trial({"lr": 0.003})  # learns the three colours
     study.enqueue_trial({"lr": 1e-9})  # learns nothing: pruned after epoch 2
-    tune(base, space, study_options, TuneOptions(trials=2, final_test=False))
+    tune(base, space, study_options, TuneOptions(trials=2))
     trials = load_study(runs).trials
     assert [trial.state.name for trial in trials] == ["COMPLETE", "PRUNED"]
     status = json.loads((runs / "tune" / "trials" / "trial-0001" / "run.json").read_text())
@@ -191,7 +223,7 @@ def test_pruned_trial_stops_early_and_says_so_in_run_json(capsys, folder_dataset
 
 
 def worker(data: Path, runs: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "visionfit", *tune_command(data, runs, "--no-final-test", *extra)]
+    command = [sys.executable, "-m", "visionfit", *tune_command(data, runs, *extra)]
     environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
     return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -27,22 +27,13 @@ def duration(text: str) -> float:
     return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value:g}")
-    return value
-
-
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "tune",
         help="search train options with Optuna: pruned trials, each a run folder; best.yaml at the end",
-        description="Search train options with Optuna on a validation split held out of the training "
-        "data (never the test split). The train flags given here are fixed in every trial; --space "
+        description="Search train options with Optuna, scored on a validation split (the data's own: "
+        "train/ val/ test/ folders or a label file's split column; else --val-fraction, 0.2 unless "
+        "given; never the test split). The train flags given here are fixed in every trial; --space "
         "says what varies (default: the recipe's space). Each trial is a run folder under "
         "RUN_DIR/STUDY/trials; several workers may share a study (the same --study and --storage).",
     )
@@ -81,23 +72,11 @@ def add_search_options(search: Any) -> None:
     )
     search.add_argument("--search-seed", type=int, default=0, help="the search algorithm's seed (default: 0)")
     search.add_argument(
-        "--validation-share",
-        type=fraction,
-        default=0.2,
-        help="share of each class of the training data held out to score trials (default: 0.2)",
-    )
-    search.add_argument(
         "--heartbeat",
         type=positive,
         default=30,
         metavar="SECONDS",
         help="a running trial's heartbeat; a trial silent for twice this is failed and retried (default: 30)",
-    )
-    search.add_argument(
-        "--final-test",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure the best trial's checkpoint once on the test split at the end (default: on)",
     )
 
 
@@ -110,9 +89,7 @@ SEARCH_KEYS = (
     "search",
     "pruner",
     "search_seed",
-    "validation_share",
     "heartbeat",
-    "final_test",
 )
 
 
@@ -147,9 +124,7 @@ def run(arguments: argparse.Namespace) -> int:
         seed=search["search_seed"],
         heartbeat=search["heartbeat"],
     )
-    options = TuneOptions(
-        search["trials"], search["timeout"], search["validation_share"], search["final_test"]
-    )
+    options = TuneOptions(search["trials"], search["timeout"])
     result = tune(base, space, study, options)
     print_result(result, study)
     return 0
@@ -163,7 +138,7 @@ def print_result(result: Any, study: Any) -> None:
         return
     print(f"best validation accuracy {result.best_value:.2%} (run {result.best_run})")
     if result.test_accuracy is not None:
-        print(f"its test accuracy, measured once: {result.test_accuracy:.2%}")
+        print(f"its test accuracy (measured once, at the end of its run): {result.test_accuracy:.2%}")
     print(f"best config: {result.best_config}; train it with: visionfit train --config {result.best_config}")
     if result.figures:
         print(f"figures: {', '.join(str(path) for path in result.figures)}")

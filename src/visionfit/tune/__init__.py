@@ -1,8 +1,8 @@
 """`visionfit tune`: a hyperparameter search over train options on Optuna.
 
 `space` turns a YAML space file (or a recipe's default space) into `trial.suggest_*` calls;
-`holdout` is the validation split the objective is measured on (never the test split); `study`
-opens the Optuna study (SQLite in the study folder, or an RDB URL shared by several workers, with
+trials are scored on the data's validation split (never the test split); `study` opens the
+Optuna study (SQLite in the study folder, or an RDB URL shared by several workers, with
 heartbeats so that a dead worker's trial is failed and retried); `objective` trains one trial as an
 ordinary run folder and reports each epoch to the pruner; `report` writes the table of the best
 trials, best.yaml and the figures. Optuna is the `tune` extra, imported only here.

@@ -1,6 +1,7 @@
-"""One trial: the base config with the trial's draws, trained as an ordinary run folder
-(STUDY/trials/trial-NNNN) on the study's validation split; each epoch's validation accuracy is
-reported to the pruner, and a pruned trial stops there, "pruned" in its run.json."""
+"""One trial: the base config (with its validation split) and the trial's draws, trained as an
+ordinary run folder (STUDY/trials/trial-NNNN); each epoch's validation score is reported to the
+pruner, and a pruned trial stops there, "pruned" in its run.json. A trial that retries a dead
+worker's trial continues that trial's run from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from visionfit.config import TrainConfig, apply_overrides
 from visionfit.config.validation import check_config
+from visionfit.engine.checkpointing import LAST
 from visionfit.engine.run_folder import write_status
 from visionfit.tune import require_optuna
 from visionfit.tune.space import SearchSpace
@@ -26,30 +28,39 @@ def trial_name(number: int) -> str:
     return f"trial-{number:04d}"
 
 
-def validation_accuracy(record: dict[str, Any]) -> float | None:
-    """The epoch's accuracy on the validation split (the trial's "test": see `holdout`), if tested."""
-    tested = record.get("test")
-    return None if tested is None else float(tested["accuracy"])
+def validation_score(record: dict[str, Any]) -> float | None:
+    """The epoch's score on the validation split, higher is better: accuracy (mAP for a
+    multi-label run), the number training chooses its best checkpoint by; None in an epoch without
+    a test (--test-every). Never the test split: a trial always has a validation split."""
+    report = record.get("val")
+    return None if report is None else float(report.get("map", report["accuracy"]))
+
+
+def continued_run(trial: Any, folder: Path) -> bool:
+    """Whether this trial continues a dead worker's trial: Optuna's retry copies the dead trial's
+    user attributes, its run folder among them. A folder with a last checkpoint moves to this
+    trial's name and training resumes from it; without one the trial starts afresh (and the dead
+    trial's folder stays as it is)."""
+    earlier = trial.user_attrs.get(RUN_FOLDER)
+    if earlier is None or Path(earlier) == folder or not (Path(earlier) / "checkpoints" / LAST).is_file():
+        return False
+    Path(earlier).rename(folder)
+    logger.info(f"trial {trial.number} continues the run of a dead worker's trial from {earlier}")
+    return True
 
 
 @dataclass
 class Objective:
-    """Trains one trial of `space` on top of `base`, on the validation folder `data_dir`."""
+    """Trains one trial of `space` on top of `base` (whose data has a validation split)."""
 
     base: TrainConfig
     space: SearchSpace
-    data_dir: Path
     trials_dir: Path
 
     def trial_config(self, values: dict[str, Any], number: int) -> TrainConfig:
-        """The base config with the trial's values, its data the validation folder, its run folder
-        STUDY/trials/trial-NNNN (a bad combination of values fails here, before any training)."""
-        placement = {
-            "dataset": "folder",
-            "data_dir": str(self.data_dir),
-            "run_dir": str(self.trials_dir),
-            "name": trial_name(number),
-        }
+        """The base config with the trial's values, its run folder STUDY/trials/trial-NNNN (a bad
+        combination of values fails here, before any training)."""
+        placement = {"run_dir": str(self.trials_dir), "name": trial_name(number)}
         config = apply_overrides(self.base, {**values, **placement}, f"trial {number}")
         check_config(config)
         return config
@@ -59,22 +70,23 @@ class Objective:
         from visionfit.training import train
 
         folder = self.trials_dir / trial_name(trial.number)
+        resume = folder if continued_run(trial, folder) else None
         trial.set_user_attr(RUN_FOLDER, str(folder))
         epochs: list[int] = []
 
         def report(record: dict[str, Any]) -> None:
             epochs.append(record["epoch"])
             trial.set_user_attr(EPOCHS, len(epochs))
-            accuracy = validation_accuracy(record)
-            if accuracy is None:
+            score = validation_score(record)
+            if score is None:
                 return
-            trial.report(accuracy, record["epoch"])
+            trial.report(score, record["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"validation accuracy {accuracy:.2%} at epoch {record['epoch']}")
+                raise optuna.TrialPruned(f"validation score {score:.4g} at epoch {record['epoch']}")
 
         try:
             config = self.trial_config(self.space.suggest(trial), trial.number)
-            result = train(config, on_epoch=report)
+            result = train(config, resume=resume, on_epoch=report)
         except optuna.TrialPruned:
             write_status(folder, status="pruned", pruned_at_epoch=epochs[-1], trial=trial.number)
             logger.info(f"trial {trial.number} pruned after epoch {epochs[-1]}")
@@ -85,5 +97,5 @@ class Objective:
             logger.warning(f"trial {trial.number} failed: {message}")
             raise
         write_status(folder, trial=trial.number)
-        scores = [score for score in map(validation_accuracy, result.history) if score is not None]
-        return max(scores)
+        scores = [validation_score(record) for record in result.history]
+        return max(score for score in scores if score is not None)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionfit.config import TrainConfig
+from visionfit.config import TrainConfig, apply_overrides
+from visionfit.data.label_options import label_file_options
+from visionfit.data.registry import SplitShares, load_data
+from visionfit.engine.run_folder import read_status
 from visionfit.tune import require_optuna
-from visionfit.tune.holdout import validation_folder
 from visionfit.tune.objective import RUN_FOLDER, Objective
 from visionfit.tune.report import best_trials_table, trial_counts, write_best_config, write_figures
 from visionfit.tune.space import SearchSpace
@@ -26,8 +28,7 @@ class TuneOptions:
 
     trials: int = 20  # done trials the study should hold (all workers together)
     timeout: float | None = None  # seconds this worker starts new trials for
-    val_fraction: float = 0.2  # share of each class of the training split held out for validation
-    final_test: bool = True  # measure the best trial's checkpoint on the test split at the end
+    val_fraction: float = 0.2  # --val-fraction when neither the flags nor the data give a validation split
 
 
 @dataclass
@@ -47,9 +48,9 @@ class TuneResult:
 def tune(base: TrainConfig, space: SearchSpace, study: StudyOptions, options: TuneOptions) -> TuneResult:
     """Work on the study until it holds `options.trials` done trials (or the timeout), then report."""
     require_optuna()
-    data_dir = validation_folder(base, study.folder / "validation-data", options.val_fraction, base.seed)
+    base = with_validation(base, options.val_fraction)
     optuna_study = open_study(study, base.epochs)
-    objective = Objective(base, space, data_dir, study.folder / "trials")
+    objective = Objective(base, space, study.folder / "trials")
     logger.info(f"study {study.name} in {study.storage_url}; searching: {'; '.join(space.describe())}")
     if done_trials(optuna_study) < options.trials:
         optuna_study.optimize(
@@ -59,11 +60,30 @@ def tune(base: TrainConfig, space: SearchSpace, study: StudyOptions, options: Tu
             catch=(Exception,),  # a failed trial is marked failed; the study goes on
             gc_after_trial=True,
         )
-    return report(optuna_study, base, study.folder, options)
+    return report(optuna_study, base, study.folder)
 
 
-def report(optuna_study: Any, base: TrainConfig, folder: Path, options: TuneOptions) -> TuneResult:
-    """The table of best trials, best.yaml, the figures and (once) the best trial's test accuracy."""
+def with_validation(base: TrainConfig, val_fraction: float) -> TrainConfig:
+    """`base` scored on a validation split, never on test: the --val-fraction given, the data's
+    own (train/, val/ and test/ folders, a label file's split column), or else `val_fraction` of
+    each class of the training images held out."""
+    if base.val_fraction is not None:
+        return base
+    data = load_data(
+        base.dataset,
+        base.data_dir,
+        shares=SplitShares(base.test_fraction, seed=base.seed),
+        label_file=label_file_options(vars(base)),
+    )
+    if data.val is not None:
+        logger.info(f"trials are scored on the data's own validation split ({len(data.val)} images)")
+        return base
+    logger.info(f"trials are scored on --val-fraction {val_fraction:g} of the training images")
+    return apply_overrides(base, {"val_fraction": val_fraction}, "visionfit tune")
+
+
+def report(optuna_study: Any, base: TrainConfig, folder: Path) -> TuneResult:
+    """The table of best trials, best.yaml, the figures and the best trial's test accuracy."""
     result = TuneResult(folder, trial_counts(optuna_study), best_trials_table(optuna_study))
     states = require_optuna().trial.TrialState
     if not any(trial.state == states.COMPLETE for trial in optuna_study.get_trials(deepcopy=False)):
@@ -73,22 +93,6 @@ def report(optuna_study: Any, base: TrainConfig, folder: Path, options: TuneOpti
     result.best_config = folder / "best.yaml"
     write_best_config(base, best.params, result.best_config)
     result.figures = write_figures(optuna_study, folder)
-    if options.final_test:
-        result.test_accuracy = best_trial_test(base, result.best_run)
+    # The trial's run measured the test split once, on its best weights, after its last epoch.
+    result.test_accuracy = read_status(result.best_run).get("test", {}).get("accuracy")
     return result
-
-
-def best_trial_test(base: TrainConfig, run_folder: Path) -> float:
-    """The best trial's best checkpoint on the test split of the user's data: measured once, at the
-    end, and never used to choose anything."""
-    from visionfit.evaluation import evaluate_checkpoint
-    from visionfit.inference import InferenceOptions
-
-    evaluation = evaluate_checkpoint(
-        run_folder / "checkpoints" / "best.safetensors",
-        InferenceOptions(device=base.device),
-        dataset=base.dataset,
-        data_dir=base.data_dir,
-        split="test",
-    )
-    return float(evaluation.report["accuracy"])

@@ -21,8 +21,20 @@ from visionfit.config import TrainConfig, config_fields
 from visionfit.errors import UserError, did_you_mean
 
 RANGE_KEYS = {"low", "high", "log", "step"}
-# Options a trial may never draw: they say where the data and the trial's run folder are.
-NOT_SEARCHABLE = ("dataset", "data_dir", "run_dir", "name", "recipe", "device")
+# Options a trial may never draw: where the data and the trial's run folder are, and what the trials
+# are scored on (the same validation images for every trial, or their scores do not compare).
+NOT_SEARCHABLE = (
+    "dataset",
+    "data_dir",
+    "run_dir",
+    "name",
+    "recipe",
+    "device",
+    "val_fraction",
+    "test_fraction",
+    "labels",
+    "test_labels",
+)
 
 
 @dataclass(frozen=True)
