@@ -234,3 +234,17 @@ def test_class_check_and_confusion_text():
         "0 cat              2   0",
         "1 dog              1   3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["serve", "model.safetensors", "--port", "70000"], "must be between 1 and 65535, got 70000"),
+        (["serve", "model.safetensors", "--port", "http"], "expected a port number, got 'http'"),
+        (["doctor", "--test-fraction", "1.5"], "must be between 0 and 1 (exclusive), got 1.5"),
+    ],
+)
+def test_shared_argument_types_refuse_bad_values_in_one_line(capsys, command, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

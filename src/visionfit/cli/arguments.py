@@ -25,6 +25,28 @@ def positive(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share strictly between 0 and 1, such as --test-fraction's."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value:g}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port number, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
+    return value
+
+
 def shift(text: str) -> int:
     value = whole_number(text)
     if not 0 <= value <= MAX_TEST_TIME_SHIFT:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from visionfit.cli.arguments import positive
+from visionfit.cli.arguments import fraction, positive
 from visionfit.data.registry import dataset_names
 
 KINDS_HELP = (
@@ -28,7 +28,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--dataset", choices=dataset_names(), help="as in train")
     parser.add_argument("--data-dir", metavar="DIR", help="as in train")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="as in train (default: 0.1)")
+    parser.add_argument("--test-fraction", type=fraction, default=0.1, help="as in train (default: 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="as in train; also the folds' (default: 0)")
     parser.add_argument(
         "--out", metavar="DIR", default="doctor-report", help="the report folder (default: doctor-report)"

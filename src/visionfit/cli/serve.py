@@ -14,6 +14,7 @@ from visionfit.cli.arguments import (
     add_test_time_options,
     add_trust_option,
     inference_options,
+    port,
     positive,
 )
 from visionfit.errors import UserError
@@ -29,16 +30,6 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of milliseconds, got {text!r}") from None
     if not 0 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1000, got {value:g}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
     return value
 
 
@@ -58,7 +49,7 @@ def add_parser(commands: Any) -> None:
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the service "
         "to the network)",
     )
-    parser.add_argument("--port", type=_port, default=8000, help="(default: 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="(default: 8000)")
     add_runtime_options(parser)
     add_test_time_options(parser)
     add_trust_option(
