@@ -210,7 +210,7 @@ def test_pruned_trial_stops_early_and_says_so_in_run_json(capsys, folder_dataset
                                      "model": "cifar10-quick", "tensorboard": False, "batch_size": 8,
                                      "optimizer": "adamw", "run_dir": str(runs)})  # fmt: skip
     space = parse_space({"lr": {"choices": [0.003, 1e-9]}})
-    study_options = StudyOptions("tune", runs / "tune", startup_trials=1)
+    study_options = StudyOptions("tune", runs / "tune", startup_trials=1, prune_from=2)
     study = open_study(study_options, epochs=4)
     study.enqueue_trial({"lr": 0.003})  # learns the three colours
     study.enqueue_trial({"lr": 1e-9})  # learns nothing: pruned after epoch 2
@@ -220,6 +220,34 @@ def test_pruned_trial_stops_early_and_says_so_in_run_json(capsys, folder_dataset
     status = json.loads((runs / "tune" / "trials" / "trial-0001" / "run.json").read_text())
     assert status["status"] == "pruned" and status["pruned_at_epoch"] == 2
     assert trials[1].user_attrs["epochs_trained"] == 2
+
+
+def test_pruners_follow_the_trial_length():
+    from visionfit.tune.study import StudyOptions, create_pruner
+
+    median = create_pruner(StudyOptions("tune", Path("unused")), epochs=10)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps, median._interval_steps) == (3, 2, 1)
+    assert create_pruner(StudyOptions("tune", Path("unused")), epochs=3)._n_warmup_steps == 1
+    given = create_pruner(StudyOptions("tune", Path("unused"), startup_trials=5, prune_from=4), epochs=10)
+    assert (given._n_startup_trials, given._n_warmup_steps) == (5, 4)
+    hyperband = create_pruner(StudyOptions("tune", Path("unused"), pruner="hyperband"), epochs=9)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 9
+
+
+def test_hyperband_study_in_the_database_a_storage_url_names(capsys, folder_dataset, tmp_path):
+    database = tmp_path / "shared" / "studies.db"
+    database.parent.mkdir()
+    url = f"sqlite:///{database}"
+    runs = tmp_path / "runs"
+    extra = ("--epochs", "2", "--trials", "2", "--pruner", "hyperband", "--storage", url, "--study", "hb")
+    assert main(tune_command(folder_dataset, runs, *extra)) == 0
+    assert f"dashboard: optuna-dashboard {url}" in capsys.readouterr().out
+    assert not (runs / "hb" / "study.db").exists()  # the study lives in the URL's database
+    trials = optuna.load_study(study_name="hb", storage=url).trials
+    assert len(trials) == 2 and {trial.state.name for trial in trials} <= {"COMPLETE", "PRUNED"}
+    assert all(trial.intermediate_values for trial in trials)  # each epoch reported to hyperband
+    assert (runs / "hb" / "best.yaml").is_file()
 
 
 def worker(data: Path, runs: Path, *extra: str) -> subprocess.Popen:
@@ -248,12 +276,12 @@ def test_a_killed_worker_leaves_a_consistent_study_that_a_restart_finishes(folde
     runs = tmp_path / "runs"
     extra = ("--epochs", "6", "--trials", "1", "--pruner", "none", "--heartbeat", "1")
     first = worker(folder_dataset, runs, *extra)
-    metrics = runs / "tune" / "trials" / "trial-0000" / "metrics.jsonl"
+    last = runs / "tune" / "trials" / "trial-0000" / "checkpoints" / "last.safetensors"
     deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.read_text().strip()):
+    while not last.is_file():
         assert first.poll() is None and time.monotonic() < deadline, "the trial never got going"
-        time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)  # mid-trial: trial 0 is left RUNNING
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # mid-trial, after its first epoch: trial 0 is left RUNNING
     first.wait()
     assert [trial.state.name for trial in load_study(runs).trials] == ["RUNNING"]
     time.sleep(2.5)  # its heartbeat goes stale (grace: twice the heartbeat)
@@ -265,6 +293,14 @@ def test_a_killed_worker_leaves_a_consistent_study_that_a_restart_finishes(folde
     retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].params == trials[0].params  # the same trial, run again
     assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]  # one done trial, not two
+    # The retry continued the dead trial's run from its last checkpoint, in its own folder.
+    assert not (runs / "tune" / "trials" / "trial-0000").exists()
+    folder = runs / "tune" / "trials" / "trial-0001"
+    status = json.loads((folder / "run.json").read_text())
+    assert status["status"] == "finished" and "resumed" in status and status["trial"] == 1
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    assert sorted(trials[1].intermediate_values) == epochs  # the resumed epochs reported too
 
 
 def test_without_optuna_tune_says_which_extra_to_install(capsys, monkeypatch, folder_dataset, tmp_path):

@@ -68,7 +68,27 @@ def add_search_options(search: Any) -> None:
         help="Optuna's sampler, the search algorithm (default: tpe)",
     )
     search.add_argument(
-        "--pruner", choices=PRUNERS, default="median", help="stop poor trials early (default: median)"
+        "--pruner",
+        choices=PRUNERS,
+        default="median",
+        help="stop poor trials early: median stops a trial whose best validation score so far is "
+        "below the median of the finished trials' at the same epoch, checked after every epoch from "
+        "--prune-from on, once --startup-trials trials have finished; hyperband: Optuna's "
+        "successive-halving brackets from 1 epoch to --epochs (default: median)",
+    )
+    search.add_argument(
+        "--startup-trials",
+        type=positive,
+        default=3,
+        metavar="N",
+        help="trials the median pruner lets finish before it stops any (default: 3)",
+    )
+    search.add_argument(
+        "--prune-from",
+        type=positive,
+        metavar="EPOCH",
+        help="the first epoch after which the median pruner may stop a trial (default: a quarter of "
+        "--epochs, at least 1: 2 of 8 or 10 epochs)",
     )
     search.add_argument("--search-seed", type=int, default=0, help="the search algorithm's seed (default: 0)")
     search.add_argument(
@@ -88,6 +108,8 @@ SEARCH_KEYS = (
     "storage",
     "search",
     "pruner",
+    "startup_trials",
+    "prune_from",
     "search_seed",
     "heartbeat",
 )
@@ -122,6 +144,8 @@ def run(arguments: argparse.Namespace) -> int:
         sampler=search["search"],
         pruner=search["pruner"],
         seed=search["search_seed"],
+        startup_trials=search["startup_trials"],
+        prune_from=search["prune_from"],
         heartbeat=search["heartbeat"],
     )
     options = TuneOptions(search["trials"], search["timeout"])

@@ -5,6 +5,7 @@ worker's trial continues that trial's run from its last checkpoint."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,22 @@ def validation_score(record: dict[str, Any]) -> float | None:
     a test (--test-every). Never the test split: a trial always has a validation split."""
     report = record.get("val")
     return None if report is None else float(report.get("map", report["accuracy"]))
+
+
+def recorded_scores(folder: Path) -> dict[int, float]:
+    """The validation score of each epoch a run's metrics.jsonl records (its last line for an epoch;
+    a line torn by a kill is skipped)."""
+    path = folder / "metrics.jsonl"
+    scores = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        score = validation_score(record)
+        if score is not None:
+            scores[record["epoch"]] = score
+    return scores
 
 
 def continued_run(trial: Any, folder: Path) -> bool:
@@ -73,8 +90,13 @@ class Objective:
         resume = folder if continued_run(trial, folder) else None
         trial.set_user_attr(RUN_FOLDER, str(folder))
         epochs: list[int] = []
+        # A resumed run's epochs before its checkpoint, reported to this trial before its first new one.
+        earlier = recorded_scores(folder) if resume else {}
 
         def report(record: dict[str, Any]) -> None:
+            for epoch in sorted(epoch for epoch in earlier if epoch < record["epoch"]):
+                trial.report(earlier[epoch], epoch)
+            earlier.clear()
             epochs.append(record["epoch"])
             trial.set_user_attr(EPOCHS, len(epochs))
             score = validation_score(record)
