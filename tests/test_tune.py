@@ -309,3 +309,12 @@ def test_without_optuna_tune_says_which_extra_to_install(capsys, monkeypatch, fo
     assert code == 2
     assert "pip install 'visionfit[tune]'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_tune_help_says_what_scores_the_trials(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["tune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert stopped.value.code == 0
+    assert "held out for validation, which scores the trials (default: the data's own validation" in out
+    assert "--startup-trials N trials the median pruner lets finish before it stops any (default: 3)" in out

@@ -56,8 +56,9 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its help, group, choices and type."""
+def add_config_options(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """One flag per TrainConfig field, with its help, group, choices and type; `helps`: another
+    command's own help for some fields (tune's --val-fraction defaults differently)."""
     hints = typing.get_type_hints(TrainConfig)
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for config_field in config_fields():
@@ -69,7 +70,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         options: dict[str, Any] = {
             "dest": config_field.name,
             "default": argparse.SUPPRESS,
-            "help": field_help(config_field),
+            "help": (helps or {}).get(config_field.name) or field_help(config_field),
         }
         if config_field.default not in (dataclasses.MISSING, None):
             options["help"] += f" (default: {config_field.default})"

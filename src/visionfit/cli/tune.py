@@ -17,6 +17,11 @@ from visionfit.errors import UserError
 SAMPLERS = ("tpe", "random", "cmaes")  # as visionfit.tune.study says (not imported: --help stays light)
 PRUNERS = ("median", "hyperband", "none")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+VAL_FRACTION_HELP = (
+    "share of each class of the training images held out for validation, which scores the trials "
+    "(default: the data's own validation split — train/ val/ test/ folders or a label file's split "
+    "column — else 0.2)"
+)
 
 
 def duration(text: str) -> float:
@@ -39,7 +44,7 @@ def add_parser(commands: Any) -> None:
     )
     add_search_options(parser.add_argument_group("search"))
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="train options file")
-    add_config_options(parser)
+    add_config_options(parser, {"val_fraction": VAL_FRACTION_HELP})
     parser.set_defaults(handler=run)
 
 
