@@ -266,7 +266,8 @@ def test_two_workers_share_one_sqlite_study(folder_dataset, tmp_path):
     trials = load_study(runs).trials
     numbers = [trial.number for trial in trials]
     assert sorted(numbers) == list(range(len(trials)))  # no number twice, none missing
-    assert all(trial.state.name == "COMPLETE" for trial in trials)  # none lost or left running
+    states = [(trial.number, trial.state.name, trial.user_attrs.get("failure")) for trial in trials]
+    assert all(trial.state.name == "COMPLETE" for trial in trials), states  # none lost or left running
     assert 4 <= len(trials) <= 5  # the second worker may start one while the first ends the 4th
     folders = sorted(path.name for path in (runs / "tune" / "trials").iterdir())
     assert folders == [f"trial-{number:04d}" for number in sorted(numbers)]  # one run folder each
