@@ -155,16 +155,21 @@ def test_tune_trials_are_run_folders_on_a_validation_split_and_best_yaml_trains(
     assert json.loads((tmp_path / "final" / "best" / "run.json").read_text())["status"] == "finished"
 
 
-def test_tune_takes_trains_own_val_fraction(capsys, split_dataset, tmp_path):
+def test_tune_takes_trains_own_val_fraction_and_best_metric(capsys, split_dataset, tmp_path):
     runs = tmp_path / "runs"
-    code = main(tune_command(split_dataset, runs, "--epochs", "1", "--trials", "1", "--val-fraction", "0.5"))
-    assert code == 0, capsys.readouterr().err
+    extra = ("--epochs", "2", "--trials", "1", "--val-fraction", "0.5", "--best-metric", "loss")
+    code = main(tune_command(split_dataset, runs, *extra))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| trial | val loss | epochs |" in out and "best validation loss " in out
     folder = runs / "tune" / "trials" / "trial-0000"
     assert "val_fraction: 0.5" in (folder / "config.yaml").read_text()
     assert "val_fraction: 0.5" in (runs / "tune" / "best.yaml").read_text()
     assert json.loads((folder / "run.json").read_text())["best_chosen_on"] == "val"
-    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
-    assert record["val"]["count"] == 12  # half of the 24 training images, none of val/ (the test split)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["val"]["count"] == 12  # half of the 24 training images, none of val/ (the test split)
+    trial = load_study(runs).trials[0]
+    assert trial.value == -min(record["val"]["loss"] for record in records)  # the lowest loss is best
 
 
 def test_the_datas_own_validation_split_scores_the_trials(tmp_path):

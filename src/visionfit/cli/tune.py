@@ -38,7 +38,8 @@ def add_parser(commands: Any) -> None:
         help="search train options with Optuna: pruned trials, each a run folder; best.yaml at the end",
         description="Search train options with Optuna, scored on a validation split (the data's own: "
         "train/ val/ test/ folders or a label file's split column; else --val-fraction, 0.2 unless "
-        "given; never the test split). The train flags given here are fixed in every trial; --space "
+        "given; never the test split), on --best-metric (default: accuracy; loss is minimised). "
+        "The train flags given here are fixed in every trial; --space "
         "says what varies (default: the recipe's space). Each trial is a run folder under "
         "RUN_DIR/STUDY/trials; several workers may share a study (the same --study and --storage).",
     )
@@ -160,12 +161,15 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 def print_result(result: Any, study: Any) -> None:
+    from visionfit.tune.report import shown_score
+
     counts = ", ".join(f"{count} {state}" for state, count in sorted(result.counts.items()))
     print(f"\nstudy {study.name}: {counts}\n\n{result.table}\n")
     if result.best_config is None:
         print("no trial finished: no best.yaml")
         return
-    print(f"best validation accuracy {result.best_value:.2%} (run {result.best_run})")
+    score = shown_score(result.best_value, result.metric)
+    print(f"best validation {result.metric} {score} (run {result.best_run})")
     if result.test_accuracy is not None:
         print(f"its test accuracy (measured once, at the end of its run): {result.test_accuracy:.2%}")
     print(f"best config: {result.best_config}; train it with: visionfit train --config {result.best_config}")

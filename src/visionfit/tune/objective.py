@@ -14,6 +14,7 @@ from typing import Any
 from visionfit.config import TrainConfig, apply_overrides
 from visionfit.config.validation import check_config
 from visionfit.engine.checkpointing import LAST
+from visionfit.engine.metrics import best_metric_name, metric_score
 from visionfit.engine.run_folder import write_status
 from visionfit.tune import require_optuna
 from visionfit.tune.space import SearchSpace
@@ -29,15 +30,18 @@ def trial_name(number: int) -> str:
     return f"trial-{number:04d}"
 
 
-def validation_score(record: dict[str, Any]) -> float | None:
-    """The epoch's score on the validation split, higher is better: accuracy (mAP for a
-    multi-label run), the number training chooses its best checkpoint by; None in an epoch without
-    a test (--test-every). Never the test split: a trial always has a validation split."""
+def validation_score(record: dict[str, Any], best_metric: str | None) -> float | None:
+    """The epoch's --best-metric on the validation split, higher is better (the loss negated): the
+    number training chooses its best checkpoint by (default: accuracy, mAP for a multi-label run);
+    None in an epoch without a test (--test-every). Never the test split: a trial always has a
+    validation split."""
     report = record.get("val")
-    return None if report is None else float(report.get("map", report["accuracy"]))
+    if report is None:
+        return None
+    return metric_score(report, best_metric_name(best_metric, report.get("task", "single")))
 
 
-def recorded_scores(folder: Path) -> dict[int, float]:
+def recorded_scores(folder: Path, best_metric: str | None) -> dict[int, float]:
     """The validation score of each epoch a run's metrics.jsonl records (its last line for an epoch;
     a line torn by a kill is skipped)."""
     path = folder / "metrics.jsonl"
@@ -47,7 +51,7 @@ def recorded_scores(folder: Path) -> dict[int, float]:
             record = json.loads(line)
         except ValueError:
             continue
-        score = validation_score(record)
+        score = validation_score(record, best_metric)
         if score is not None:
             scores[record["epoch"]] = score
     return scores
@@ -91,7 +95,7 @@ class Objective:
         trial.set_user_attr(RUN_FOLDER, str(folder))
         epochs: list[int] = []
         # A resumed run's epochs before its checkpoint, reported to this trial before its first new one.
-        earlier = recorded_scores(folder) if resume else {}
+        earlier = recorded_scores(folder, self.base.best_metric) if resume else {}
 
         def report(record: dict[str, Any]) -> None:
             for epoch in sorted(epoch for epoch in earlier if epoch < record["epoch"]):
@@ -99,7 +103,7 @@ class Objective:
             earlier.clear()
             epochs.append(record["epoch"])
             trial.set_user_attr(EPOCHS, len(epochs))
-            score = validation_score(record)
+            score = validation_score(record, self.base.best_metric)
             if score is None:
                 return
             trial.report(score, record["epoch"])
@@ -119,5 +123,5 @@ class Objective:
             logger.warning(f"trial {trial.number} failed: {message}")
             raise
         write_status(folder, trial=trial.number)
-        scores = [validation_score(record) for record in result.history]
+        scores = [validation_score(record, config.best_metric) for record in result.history]
         return max(score for score in scores if score is not None)

@@ -32,20 +32,25 @@ def trial_counts(study: Any) -> dict[str, int]:
     return counts
 
 
-def best_trials_table(study: Any, count: int = 5) -> str:
-    """A Markdown table of the `count` best complete trials: number, validation accuracy, epochs
-    trained, their values, run folder."""
+def shown_score(value: float, metric: str) -> str:
+    """A trial's score as the metric reads: a percentage, or the loss (scored negated)."""
+    return f"{-value:.4f}" if metric == "loss" else f"{value:.2%}"
+
+
+def best_trials_table(study: Any, metric: str = "accuracy", count: int = 5) -> str:
+    """A Markdown table of the `count` best complete trials: number, validation score (`metric`),
+    epochs trained, their values, run folder."""
     states = require_optuna().trial.TrialState
     finished = [trial for trial in study.get_trials(deepcopy=False) if trial.state == states.COMPLETE]
     best = sorted(finished, key=lambda trial: trial.value, reverse=True)[:count]
     if not best:
         return "(no trial finished)"
     names = list(best[0].params)
-    header = ["trial", "val accuracy", "epochs", *names, "run folder"]
+    header = ["trial", f"val {metric}", "epochs", *names, "run folder"]
     rows = [
         [
             str(trial.number),
-            f"{trial.value:.2%}",
+            shown_score(trial.value, metric),
             str(trial.user_attrs.get(EPOCHS, "")),
             *(_shown(trial.params.get(name)) for name in names),
             Path(trial.user_attrs.get(RUN_FOLDER, "")).name,

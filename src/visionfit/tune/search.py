@@ -12,6 +12,7 @@ from typing import Any
 from visionfit.config import TrainConfig, apply_overrides
 from visionfit.data.label_options import label_file_options
 from visionfit.data.registry import SplitShares, load_data
+from visionfit.engine.metrics import best_metric_name
 from visionfit.engine.run_folder import read_status
 from visionfit.tune import require_optuna
 from visionfit.tune.objective import RUN_FOLDER, Objective
@@ -39,7 +40,8 @@ class TuneResult:
     counts: dict[str, int]
     table: str
     best_config: Path | None = None
-    best_value: float | None = None
+    best_value: float | None = None  # higher is better: a loss is negated (`shown_score`)
+    metric: str = "accuracy"  # what scored the trials: --best-metric, as the trials' runs resolved it
     best_run: Path | None = None
     test_accuracy: float | None = None
     figures: list[Path] = field(default_factory=list)
@@ -90,9 +92,12 @@ def report(optuna_study: Any, base: TrainConfig, folder: Path) -> TuneResult:
         return result
     best = optuna_study.best_trial
     result.best_value, result.best_run = best.value, Path(best.user_attrs[RUN_FOLDER])
+    status = read_status(result.best_run)
+    result.metric = status.get("best_metric", best_metric_name(base.best_metric, base.task))
+    result.table = best_trials_table(optuna_study, result.metric)
     result.best_config = folder / "best.yaml"
     write_best_config(base, best.params, result.best_config)
     result.figures = write_figures(optuna_study, folder)
     # The trial's run measured the test split once, on its best weights, after its last epoch.
-    result.test_accuracy = read_status(result.best_run).get("test", {}).get("accuracy")
+    result.test_accuracy = status.get("test", {}).get("accuracy")
     return result

@@ -34,6 +34,7 @@ NOT_SEARCHABLE = (
     "test_fraction",
     "labels",
     "test_labels",
+    "best_metric",
 )
 
 
