@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -307,6 +308,36 @@ def test_a_killed_worker_leaves_a_consistent_study_that_a_restart_finishes(folde
     epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
     assert sorted(trials[1].intermediate_values) == epochs  # the resumed epochs reported too
+
+
+HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from visionfit.engine.run_lock import lock_run_folder; "
+    "lock = lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+)
+
+
+def test_a_retry_takes_over_a_run_only_once_no_process_writes_it(tmp_path):
+    from visionfit.tune.objective import RUN_FOLDER, continued_run
+
+    earlier, later = tmp_path / "trials" / "trial-0000", tmp_path / "trials" / "trial-0002"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "checkpoints" / "last.safetensors").write_bytes(b"")
+
+    # What Optuna's retry of trial 0 carries: the dead trial's user attributes, its run folder too.
+    retry = SimpleNamespace(number=2, user_attrs={RUN_FOLDER: str(earlier)})
+
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+    command = [sys.executable, "-c", HOLD_LOCK, str(earlier)]
+    holder = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        assert not continued_run(retry, later)  # its worker was only late: a fresh run folder
+        assert earlier.is_dir() and not later.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert continued_run(retry, later)  # the writer is gone: the retry continues its run
+    assert (later / "checkpoints" / "last.safetensors").is_file() and not earlier.exists()
 
 
 def test_without_optuna_tune_says_which_extra_to_install(capsys, monkeypatch, folder_dataset, tmp_path):

@@ -16,6 +16,8 @@ from visionfit.config.validation import check_config
 from visionfit.engine.checkpointing import LAST
 from visionfit.engine.metrics import best_metric_name, metric_score
 from visionfit.engine.run_folder import write_status
+from visionfit.engine.run_lock import lock_run_folder
+from visionfit.errors import UserError
 from visionfit.tune import require_optuna
 from visionfit.tune.space import SearchSpace
 from visionfit.tune.study import FAILURE
@@ -60,12 +62,17 @@ def recorded_scores(folder: Path, best_metric: str | None) -> dict[int, float]:
 def continued_run(trial: Any, folder: Path) -> bool:
     """Whether this trial continues a dead worker's trial: Optuna's retry copies the dead trial's
     user attributes, its run folder among them. A folder with a last checkpoint moves to this
-    trial's name and training resumes from it; without one the trial starts afresh (and the dead
-    trial's folder stays as it is)."""
+    trial's name and training resumes from it; without one, or while a process still holds its run
+    lock (a worker whose heartbeat was only late), the trial starts afresh in its own folder."""
     earlier = trial.user_attrs.get(RUN_FOLDER)
     if earlier is None or Path(earlier) == folder or not (Path(earlier) / "checkpoints" / LAST).is_file():
         return False
-    Path(earlier).rename(folder)
+    try:
+        with lock_run_folder(Path(earlier)):  # a worker only thought dead may still be training there
+            Path(earlier).rename(folder)
+    except UserError as error:
+        logger.warning(f"trial {trial.number} starts afresh: {error}")
+        return False
     logger.info(f"trial {trial.number} continues the run of a dead worker's trial from {earlier}")
     return True
 
