@@ -1,8 +1,13 @@
 """`visionfit doctor` on planted label errors: a copy (links, no data copied) of a folder dataset
 with a share of its training labels flipped at random, then doctor's label issues against the flips.
 
-    python benchmarks/doctor_labels.py --data-dir ~/.cache/visionfit-dev/cifar10 --folds 2 --epochs 10
+    python benchmarks/doctor_labels.py --data-dir ~/.cache/visionfit-dev/cifar10
     python benchmarks/doctor_labels.py --data-dir ~/.cache/visionfit-dev/flowers-dev
+    nice -n 19 python benchmarks/doctor_labels.py --data-dir ~/.cache/visionfit-dev/cifar10 \
+        --per-class 100 --epochs 2
+
+Without --folds/--epochs, doctor's own defaults (what `visionfit doctor` does). The last line is a
+smoke run on a slice (100 training pictures per class), not a measurement.
 
 DATA-DIR holds train/<class>/ and val/ or test/<class>/. Precision: the share of flagged training
 pictures that were flipped; recall: the share of flips flagged. Time: the whole doctor, training of
@@ -50,8 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--share", type=float, default=0.05)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--folds", type=int, help="default: doctor's")
+    parser.add_argument("--epochs", type=int, help="default: doctor's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", type=int, help="the first N training pictures per class only")
     arguments = parser.parse_args()
@@ -68,8 +73,11 @@ def main() -> None:
         flipped = flipped_copy(source, root, arguments.share, arguments.seed, arguments.per_class)
         started = time.perf_counter()
         data = load_data("folder", str(root))
+        chosen = {"folds": arguments.folds, "epochs": arguments.epochs}
         options = DoctorOptions(
-            output=Path(work) / "report", folds=arguments.folds, epochs=arguments.epochs, seed=arguments.seed
+            output=Path(work) / "report",
+            seed=arguments.seed,
+            **{name: value for name, value in chosen.items() if value is not None},
         )
         report = run_doctor(data, options)
         seconds = time.perf_counter() - started
@@ -88,9 +96,9 @@ def main() -> None:
             "recall": round(hits / max(len(flipped), 1), 4),
             "seconds": round(seconds, 1),
             "no_model_seconds": report.summary["seconds"]["no_model_checks"],
-            "folds": arguments.folds,
-            "epochs": arguments.epochs,
+            "features": report.summary["features"],
             "probabilities": report.summary["probabilities"],
+            "label_issue": report.summary["kinds"]["label_issue"]["summary"],
         }
         print(json.dumps(result))
 

@@ -77,3 +77,10 @@ def test_a_kind_registered_twice_is_an_error():
     assert "broken" in check_names()
     with pytest.raises(ValueError, match="registered twice"):
         register_check(Broken)
+
+
+def test_folds_default_to_two_from_many_pictures_on():
+    pytest.importorskip("sklearn")
+    from visionfit.doctor.evidence import MANY_PICTURES, default_folds
+
+    assert default_folds(MANY_PICTURES - 1) == 3 and default_folds(MANY_PICTURES) == 2

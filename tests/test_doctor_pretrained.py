@@ -116,7 +116,7 @@ def test_pretrained_weights_are_downloaded_only_when_named(capsys, torch_home, t
     code, _, err = run_doctor_cli(capsys, *arguments, "--out", str(tmp_path / "r1"))
     assert code == 0, err
     summary = json.loads((tmp_path / "r1" / "report.json").read_text())
-    assert summary["features"]["source"] == "quick"
+    assert summary["features"] == {"source": "quick", "model": "airnet", "epochs": 1}
     # Named: torchvision downloads them (here it cannot), and the error says how to go on offline.
     code, _, err = run_doctor_cli(
         capsys, *arguments, "--pretrained", "resnet18", "--out", str(tmp_path / "r2")

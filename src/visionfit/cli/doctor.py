@@ -56,7 +56,11 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="train the quick models even when pretrained weights are on this machine",
     )
-    model.add_argument("--folds", type=positive, default=3, help="K of the cross-validation (default: 3)")
+    model.add_argument(
+        "--folds",
+        type=positive,
+        help="K of the cross-validation (default: 2 for 10,000 pictures or more, else 3)",
+    )
     model.add_argument(
         "--epochs", type=positive, default=8, help="epochs of each fold's quick model (default: 8)"
     )
@@ -72,9 +76,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--near-duplicate-bits",
         type=int,
-        default=6,
+        default=8,
         metavar="N",
-        help="perceptual hashes (64 bits) at most N bits apart are near copies (default: 6)",
+        help="perceptual hashes (64 bits) at most N bits apart are near copies (default: 8)",
     )
     parser.add_argument("--grid-size", type=positive, default=16, help="suspects per grid (default: 16)")
     parser.add_argument(

@@ -66,7 +66,10 @@ class Evidence:
 class Settings:
     """Thresholds of the checks (cleanvision's where it has one)."""
 
-    near_duplicate_bits: int = 6  # perceptual hashes this many bits apart or fewer are near copies
+    # Perceptual hashes this many bits apart or fewer are near copies. 8, not 6: 5%-crops are 6 bits
+    # apart at the median, so 6 missed a third of them (flowers and CIFAR alike), while 8 added 2
+    # false pairs in CIFAR-10's 6,000-picture sample (benchmarks/RESULTS.md, doctor).
+    near_duplicate_bits: int = 8
     class_floor: int = 10  # classes with fewer training pictures than this are flagged
     imbalance_ratio: float = 10.0  # largest class / smallest above this is flagged
     outlier_share: float = 0.01  # the share of items with the farthest neighbours called outliers

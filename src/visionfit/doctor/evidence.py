@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ from visionfit.doctor.pretrained import (
     weights_preprocess,
 )
 from visionfit.paths import cache_dir
+from visionfit.recipes import RECIPES
 
 if TYPE_CHECKING:
     from visionfit.data.registry import DataSplits
@@ -49,6 +51,12 @@ logger = logging.getLogger(__name__)
 BATCH = 256
 CACHE_FORMAT = 1  # bump when the cached evidence changes meaning
 QUICK_SIDE = 64  # the quick model's input side for pictures larger than this
+QUICK_RECIPE = "fast"  # the quick models' training recipe (airnet, the CIFAR time-to-accuracy one)
+# From this many pictures on, 2 folds instead of 3. K quick models train (K-1)/K of the pictures
+# each, (K-1) x pictures x epochs in all: 2 folds cost half of 3. Small sets need every picture to
+# make a judge and train fast anyway; large ones make a decent judge from half (CIFAR-10: 25,000
+# pictures, 8 epochs of the fast recipe) and 3 folds would not fit the 15-minute target.
+MANY_PICTURES = 10_000
 
 
 def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOptions) -> None:
@@ -58,6 +66,7 @@ def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOpti
     from visionfit.inference import load_for_inference
 
     usable = np.flatnonzero(evidence.facts.error == "")
+    options = replace(options, folds=options.folds or default_folds(len(usable)))
     pretrained = choose_pretrained(options)
     regression = f"a {options.folds}-fold logistic regression on the penultimate features of"
     if options.model:
@@ -73,7 +82,8 @@ def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOpti
             f"{regression} {pretrained.describe()}, trained on other pictures: out-of-sample"
         )
     else:
-        evidence.feature_source = {"source": "quick", "model": "cifar10-quick", "epochs": options.epochs}
+        model_name = RECIPES[QUICK_RECIPE].values["model"]
+        evidence.feature_source = {"source": "quick", "model": model_name, "epochs": options.epochs}
         evidence.probability_source = (
             f"{options.folds} quick models (fast recipe, {options.epochs} epochs, no pretrained weights), "
             "each trained on the other folds: out-of-sample"
@@ -97,6 +107,11 @@ def add_model_evidence(evidence: Evidence, data: DataSplits, options: DoctorOpti
     if not path.is_file():
         store_evidence(path, probabilities, features, groups)
     evidence.probabilities, evidence.features, evidence.feature_groups = probabilities, features, groups
+
+
+def default_folds(count: int) -> int:
+    """K of the cross-validation when --folds is not given: 2 for many pictures, else 3."""
+    return 2 if count >= MANY_PICTURES else 3
 
 
 def store_evidence(path: Path, probabilities: np.ndarray, features: np.ndarray, groups: np.ndarray) -> None:
@@ -244,7 +259,7 @@ def quick_model_evidence(
         )
         write_fold_folder(collection, usable, held_out, work / f"data{fold}")
         result = train(
-            recipe="fast",
+            recipe=QUICK_RECIPE,
             dataset="folder",
             data_dir=str(work / f"data{fold}"),
             input_size=side,

@@ -18,7 +18,7 @@ class DoctorOptions:
     pretrained: str | None = None  # a torchvision model whose pretrained weights give features
     weights: str | None = None  # --pretrained's weights from this local file
     no_pretrained: bool = False  # quick models even when pretrained weights are on the machine
-    folds: int = 3  # K of the cross-validation that makes probabilities out-of-sample
+    folds: int | None = None  # K of the cross-validation (None: `evidence.default_folds`)
     epochs: int = 8  # of each fold's quick model, when no --model is given
     device: str = "auto"
     seed: int = 0  # of the folds and the quick models

@@ -118,7 +118,14 @@ def weights_preprocess(source: PretrainedSource) -> Preprocess:
     transforms = get_weight(source.weights).transforms()
     crop, resize = transforms.crop_size[0], transforms.resize_size[0]
     mean, std = tuple(transforms.mean), tuple(transforms.std)
-    return Preprocess(crop, mean, std, "crop", crop / resize, transforms.interpolation.value)
+    return Preprocess(
+        input_size=crop,
+        mean=mean,
+        std=std,
+        resize_mode="crop",
+        crop_fraction=crop / resize,
+        interpolation=transforms.interpolation.value,
+    )
 
 
 def pretrained_model(source: PretrainedSource, num_classes: int, device: str) -> InferenceModel:
