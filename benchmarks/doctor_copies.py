@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--count", type=int, default=100, help="copies per variant (default: 100)")
-    parser.add_argument("--bits", type=int, default=6, help="doctor's --near-duplicate-bits")
+    parser.add_argument("--bits", type=int, help="doctor's --near-duplicate-bits (default: doctor's)")
     parser.add_argument("--out", type=Path, required=True, help="the report and the grid of unplanted pairs")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
@@ -105,7 +105,8 @@ def main() -> None:
         plants = linked_copy(arguments.data_dir.expanduser(), Path(work), arguments.count, arguments.seed)
         data = load_data("folder", work)
         started = time.perf_counter()
-        options = DoctorOptions(output=arguments.out, use_model=False, settings=Settings(arguments.bits))
+        settings = Settings() if arguments.bits is None else Settings(arguments.bits)
+        options = DoctorOptions(output=arguments.out, use_model=False, settings=settings)
         report = run_doctor(data, options)
         seconds = time.perf_counter() - started
         collection, facts = report.evidence.collection, report.evidence.facts
@@ -125,7 +126,7 @@ def main() -> None:
         result = {
             "data": str(arguments.data_dir),
             "pictures": len(collection),
-            "bits": arguments.bits,
+            "bits": settings.near_duplicate_bits,
             "found": {variant: f"{found[variant]}/{arguments.count}" for variant in VARIANTS},
             "found_share": round(sum(found.values()) / len(plants), 4),
             "distance_median_max": {v: [int(np.median(d)), int(max(d))] for v, d in distances.items()},
