@@ -73,6 +73,19 @@ def add_search_options(search: Any) -> None:
         default="tpe",
         help="Optuna's sampler, the search algorithm (default: tpe)",
     )
+    add_pruner_options(search)
+    search.add_argument("--search-seed", type=int, default=0, help="the search algorithm's seed (default: 0)")
+    search.add_argument(
+        "--heartbeat",
+        type=positive,
+        default=30,
+        metavar="SECONDS",
+        help="a running trial's heartbeat; a trial silent for twice this is failed and retried (default: 30)",
+    )
+
+
+def add_pruner_options(search: Any) -> None:
+    """--pruner and the median pruner's settings."""
     search.add_argument(
         "--pruner",
         choices=PRUNERS,
@@ -95,14 +108,6 @@ def add_search_options(search: Any) -> None:
         metavar="EPOCH",
         help="the first epoch after which the median pruner may stop a trial (default: a quarter of "
         "--epochs, at least 1: 2 of 8 or 10 epochs)",
-    )
-    search.add_argument("--search-seed", type=int, default=0, help="the search algorithm's seed (default: 0)")
-    search.add_argument(
-        "--heartbeat",
-        type=positive,
-        default=30,
-        metavar="SECONDS",
-        help="a running trial's heartbeat; a trial silent for twice this is failed and retried (default: 30)",
     )
 
 
