@@ -56,12 +56,17 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_config_options(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
-    """One flag per TrainConfig field, with its help, group, choices and type; `helps`: another
-    command's own help for some fields (tune's --val-fraction defaults differently)."""
+def add_config_options(
+    parser: argparse.ArgumentParser, helps: dict[str, str] | None = None, names: tuple[str, ...] | None = None
+) -> None:
+    """One flag per TrainConfig field (or per field in `names`: doctor's data options), with its
+    help, group, choices and type; `helps`: another command's own help for some fields (tune's
+    --val-fraction defaults differently). A flag left out keeps no value (the config's default)."""
     hints = typing.get_type_hints(TrainConfig)
-    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
-    for config_field in config_fields():
+    chosen = [each for each in config_fields() if names is None or each.name in names]
+    used = {config_field.metadata["group"] for config_field in chosen}
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items() if key in used}
+    for config_field in chosen:
         group = groups[config_field.metadata["group"]]
         annotation = hints[config_field.name]
         base = annotation

@@ -443,6 +443,23 @@ def field_choices(config_field: dataclasses.Field[Any]) -> tuple[str, ...] | Non
     return choices() if callable(choices) else choices
 
 
+# The options that name the pictures, their labels and their splits: train's, and doctor's too
+# (`visionfit doctor` checks the data exactly as train would read them).
+DATA_OPTIONS = (
+    "dataset",
+    "data_dir",
+    "labels",
+    "test_labels",
+    "file_column",
+    "label_column",
+    "label_separator",
+    "class_names",
+    "task",
+    "test_fraction",
+    "val_fraction",
+)
+
+
 def config_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(TrainConfig))
 

@@ -227,7 +227,12 @@ def load_label_file(request: DataRequest) -> DataSplits:
         request.notify(f"{source}: several labels per image: a multi-label task (--task multilabel)")
     description = f"{len(classes)} classes from {source}, {where} ({len(train)} train / {len(held_out)} test)"
     validation = held_name == "val" or not splits[held_name]
-    return DataSplits("labels", classes, train, held_out, description, task=task, validation=validation)
+    aside = (
+        samples_of(splits["test"], index, classes, task) if held_name == "val" and splits["test"] else None
+    )
+    return DataSplits(
+        "labels", classes, train, held_out, description, task=task, validation=validation, set_aside=aside
+    )
 
 
 def hold_out(samples: Samples, num_classes: int, fraction: float, seed: int) -> tuple[Samples, Samples]:

@@ -46,6 +46,9 @@ class DataSplits:
     validation: bool = False
     val: Samples | None = None  # the validation split, when the data have one apart from test
     held_out: str = "test"
+    # A label file's test rows when its val rows are the held-out split: no run reads them (they
+    # are set aside, as the run says); doctor checks them with the rest.
+    set_aside: Samples | None = None
 
     @property
     def image_side(self) -> int | None:
@@ -54,7 +57,10 @@ class DataSplits:
 
     def without(self, bad: set[Path]) -> DataSplits:
         val = self.val.without(bad) if self.val is not None else None
-        return replace(self, train=self.train.without(bad), test=self.test.without(bad), val=val)
+        aside = self.set_aside.without(bad) if self.set_aside is not None else None
+        return replace(
+            self, train=self.train.without(bad), test=self.test.without(bad), val=val, set_aside=aside
+        )
 
     def for_epochs(self) -> DataSplits:
         """The splits as the epochs see them: with a validation split, the validation samples in

@@ -1,5 +1,6 @@
 """Class imbalance: the training pictures per class, the largest-to-smallest ratio, and the classes
-below a floor. One issue per class at fault (a whole class, no file)."""
+below a floor. One issue per class at fault (a whole class, no file). For multi-label data a
+picture counts for every class it shows (the counts of each label)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from visionfit.doctor.checks import ODD, Check, Evidence, Issue, register_check
 def class_counts(evidence: Evidence, split: str = "train") -> np.ndarray:
     collection = evidence.collection
     labels = collection.labels[collection.items_of(split)]
+    if collection.multilabel:
+        return labels.sum(axis=0).astype(np.int64)
     return np.bincount(labels, minlength=len(collection.classes))
 
 
@@ -40,7 +43,13 @@ class ClassImbalance(Check):
     def summarize(self, issues: list[Issue], evidence: Evidence) -> str:
         counts = class_counts(evidence)
         ratio = counts.max() / max(int(counts.min()), 1)
-        return (
+        summary = (
             f"{len(issues)} {self.description}; training pictures per class {int(counts.min())}"
             f"-{int(counts.max())} (ratio {ratio:.1f})"
         )
+        if evidence.collection.multilabel:  # a set per picture: say each label's count
+            classes = evidence.collection.classes
+            summary += "; labels: " + ", ".join(
+                f"{name} {count}" for name, count in zip(classes, counts, strict=True)
+            )
+        return summary

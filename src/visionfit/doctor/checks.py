@@ -39,7 +39,8 @@ class Issue:
     kind: str
     score: float  # 0–1: how sure or how severe (higher: look at it first)
     priority: int  # its place in the list (lower first), then score
-    suggested: int | None = None  # the label that fits better (label issues)
+    # The label that fits better (label issues): a class, or a set of classes for multi-label data.
+    suggested: int | tuple[int, ...] | None = None
     duplicate_of: int | None = None  # the item this one copies (duplicates)
     detail: str = ""
     label: int | None = None  # the class an issue of a whole class is about

@@ -1,7 +1,8 @@
 """Exact copies (same bytes, or the same pixels in memory) and near copies (perceptual hashes a few
 bits apart: robust to re-encoding, resizing and small crops), within and across splits.
 
-Copies across splits (train ↔ test leaks) with conflicting labels come first in the list, then
+Copies across splits (train ↔ val ↔ test leaks: any two different splits) with conflicting labels
+(a different class, or a different set of classes for multi-label data) come first in the list, then
 other leaks, then conflicting labels within a split, then plain copies. Every group keeps one
 member unlisted (its first item), so `train --exclude issues.csv` leaves one copy of each.
 """
@@ -23,7 +24,7 @@ _CHUNK = 128  # rows of the pairwise distance matrix held at once (128 x 60k byt
 def copy_priority(collection: Collection, item: int, original: int) -> tuple[int, str]:
     """Where a copy goes in the list, and what it says about the pair's splits and labels."""
     cross = collection.splits[item] != collection.splits[original]
-    conflict = collection.labels[item] != collection.labels[original]
+    conflict = not collection.same_labels(item, original)  # a different class, or label set
     notes = []
     if cross:
         notes.append(f"across splits ({collection.splits[original]} -> {collection.splits[item]})")

@@ -186,9 +186,14 @@ def model_evidence(
 
     features, _ = features_and_probabilities(model, collection, usable)
     labels = collection.labels[usable]
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
-    probabilities = cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")
+    if collection.multilabel:  # a set per picture: one regression per class (one-vs-rest)
+        from visionfit.doctor.multilabel_evidence import per_class_regression
+
+        probabilities = per_class_regression(features, labels, folds)
+    else:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+        probabilities = cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")
     count, classes = len(collection), len(collection.classes)
     uniform = 1.0 / classes
     return _full(count, classes, usable, probabilities, uniform), _full(
@@ -241,6 +246,8 @@ def quick_model_evidence(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-sample probabilities and features from K quick models, each trained on K-1 folds,
     and the fold (the model) of each item's features."""
+    if collection.multilabel:  # a label file per fold, a sigmoid per class
+        return multilabel_quick_models(collection, usable, options)
     from visionfit.inference import load_for_inference
     from visionfit.training import train
 
@@ -283,6 +290,17 @@ def quick_model_evidence(
             features = np.zeros((count, fold_features.shape[1]))
         features[items] = fold_features  # comparable only within the fold (`groups`)
     return probabilities, features if features is not None else np.zeros((count, 1)), groups
+
+
+def multilabel_quick_models(
+    collection: Collection, usable: np.ndarray, options: DoctorOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`quick_model_evidence` of label sets (`multilabel_evidence`), with this module's side and
+    feature reader."""
+    from visionfit.doctor.multilabel_evidence import multilabel_quick_evidence
+
+    side, predict = quick_side(collection), features_and_probabilities
+    return multilabel_quick_evidence(collection, usable, options, side=side, predict=predict)
 
 
 def quick_side(collection: Collection) -> int:

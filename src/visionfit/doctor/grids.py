@@ -39,7 +39,7 @@ def suspect_grid(issues: list[Issue], collection: Collection, path: Path) -> Non
     for issue in issues:
         note = f"{issue.score:.2f}"
         if issue.suggested is not None:
-            note += f" -> {collection.classes[issue.suggested]}"
+            note += f" -> {collection.label_text(issue.suggested)}"
         cells.append((issue.item, note))  # type: ignore[arg-type]
         if issue.duplicate_of is not None:
             cells.append((issue.duplicate_of, "its original"))

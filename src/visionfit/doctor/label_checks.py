@@ -1,5 +1,6 @@
 """Checks that need a model: likely label errors (confident learning on out-of-sample
-probabilities) and outliers (distance to the nearest neighbours in an embedding)."""
+probabilities; per class for multi-label data, `multilabel`) and outliers (distance to the nearest
+neighbours in an embedding)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from visionfit.doctor.checks import LABEL, PROPERTY, Check, Evidence, Issue, register_check
 from visionfit.doctor.confident import find_label_issues, self_confidence
+from visionfit.doctor.multilabel import label_agreement, label_set_issues
 
 WEAK_JUDGE = 0.8  # below this agreement with the given labels, the summary warns
 NEIGHBOURS = 10  # outlier score: mean distance to this many nearest neighbours
@@ -23,6 +25,8 @@ class LabelIssue(Check):
             return []
         labels, probabilities = evidence.collection.labels, evidence.probabilities
         usable = np.flatnonzero(evidence.facts.error == "")  # a broken file has no prediction
+        if evidence.collection.multilabel:  # each class on its own, as a binary problem
+            return label_set_issues(evidence, usable, self.kind)
         flagged = np.zeros(len(labels), dtype=bool)
         flagged[usable] = find_label_issues(labels[usable], probabilities[usable])
         quality = self_confidence(labels, probabilities)
@@ -45,9 +49,14 @@ class LabelIssue(Check):
         )
         assert evidence.probabilities is not None
         usable = evidence.facts.error == ""
-        predicted = evidence.probabilities[usable].argmax(axis=1)
-        accuracy = float((predicted == evidence.collection.labels[usable]).mean()) if usable.any() else 0.0
-        judge = f"; they agree with {accuracy:.1%} of the given labels"
+        if evidence.collection.multilabel:
+            accuracy = label_agreement(evidence, usable)
+            judge = f"; they agree with {accuracy:.1%} of the given labels (each picture, each class)"
+        else:
+            predicted = evidence.probabilities[usable].argmax(axis=1)
+            labels = evidence.collection.labels[usable]
+            accuracy = float((predicted == labels).mean()) if usable.any() else 0.0
+            judge = f"; they agree with {accuracy:.1%} of the given labels"
         if accuracy < WEAK_JUDGE:
             judge += " (a weak judge: many flagged labels will be its own mistakes; look at the grid)"
         source = evidence.probability_source

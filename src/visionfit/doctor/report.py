@@ -32,7 +32,7 @@ def issue_row(issue: Issue, evidence: Evidence) -> dict[str, Any]:
         "kind": issue.kind,
         "score": round(issue.score, 4),
         "given_label": collection.label_name(item) if item is not None else label,
-        "suggested_label": collection.classes[issue.suggested] if issue.suggested is not None else "",
+        "suggested_label": collection.label_text(issue.suggested) if issue.suggested is not None else "",
         "duplicate_of": collection.name(issue.duplicate_of) if issue.duplicate_of is not None else "",
         "detail": issue.detail,
     }
