@@ -184,6 +184,21 @@ def test_three_split_folders_and_val_fraction_are_checked_as_three_splits(capsys
     )
 
 
+def test_train_exclude_leaves_listed_files_out_of_the_validation_split_too(tmp_path):
+    from visionfit.data.exclusion import exclude_files
+    from visionfit.data.registry import SplitShares, load_data
+
+    root = make_folder_dataset(tmp_path / "flat", per_class=10)
+    data = load_data("folder", str(root), shares=SplitShares(0.2, 0.25, seed=1))
+    assert data.val is not None
+    listed = [data.val.files()[0], data.train.files()[0]]
+    with open(tmp_path / "issues.csv", "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("file", "kind"), *((str(file), "near_duplicate") for file in listed)])
+    kept, found = exclude_files(data, tmp_path / "issues.csv")
+    assert len(found) == 2 and len(kept.val) == len(data.val) - 1 and len(kept.train) == len(data.train) - 1
+    assert listed[0] not in kept.val.files()
+
+
 def test_doctor_takes_trains_data_options_with_trains_help(capsys):
     from visionfit.config.fields import DATA_OPTIONS
 

@@ -41,9 +41,10 @@ def exclude_files(data: DataSplits, csv_path: str | Path) -> tuple[DataSplits, l
     """`data` without the files `csv_path` lists, and the files left out with the reason."""
     listed = read_exclusions(csv_path)
     csv_file = os.path.abspath(Path(csv_path).expanduser())
-    present = [Path(os.path.abspath(file)) for file in data.train.files() + data.test.files()]
+    files = data.train.files() + data.test.files() + (data.val.files() if data.val is not None else [])
+    present = [Path(os.path.abspath(file)) for file in files]  # every split doctor lists, val too
     found = [(file, f"{EXCLUDED_BY}{csv_file} ({listed[file]})") for file in present if file in listed]
-    absolute = {os.path.abspath(file): file for file in data.train.files() + data.test.files()}
+    absolute = {os.path.abspath(file): file for file in files}
     bad = {absolute[str(file)] for file, _ in found}
     return data.without(bad), found
 
