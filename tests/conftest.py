@@ -19,8 +19,10 @@ COLORS = {"apple": (220, 30, 30), "grape": (120, 40, 160), "lime": (40, 200, 60)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every test away from the user's ~/.cache/visionfit and from the network."""
+    """Keep every test away from the user's ~/.cache/visionfit, torchvision's weights cache (doctor
+    takes its features from weights found there) and the network."""
     monkeypatch.setenv("VISIONFIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
     monkeypatch.setenv("VISIONFIT_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
 
 
