@@ -110,6 +110,7 @@ def train(
     `resume="auto"` continues the newest unfinished run with the same config, or starts one.
     `on_epoch(record)` sees each epoch's record (`visionfit tune` reports it, and may end the run).
     """
+    setup_logging()  # before the plan: building the config may say which defaults the data chose
     instance = overrides.pop("model") if isinstance(overrides.get("model"), nn.Module) else None
     if instance is not None:
         overrides["model"] = class_reference(instance)

@@ -105,6 +105,9 @@ def run(arguments: argparse.Namespace) -> int:
         values["model_args"] = dict(values["model_args"])
     if resume is not None and resume != "auto" and config_path:
         raise UserError("--resume RUN_DIR uses the run's own config; leave out --config")
+    from visionfit.console import setup_logging
+
+    setup_logging()  # the config's own lines (the defaults the data chose) are printed too
     plan = plan_from_flags(values, config_path, resume)
     if nproc is not None and nproc != 1:  # options checked above, once, before starting N processes
         from visionfit.launch import launch, strip_nproc

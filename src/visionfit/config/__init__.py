@@ -153,8 +153,9 @@ def _layered(
     that the file and flags override it."""
     file_values = older_split_names(file_values, file_name)
     recipe = flag_values.get("recipe", file_values.get("recipe"))
+    following: dict[str, Any] = {}  # what the pictures add to a recipe they chose (config.defaults)
     if recipe is None:
-        recipe = _default_recipe({**file_values, **flag_values})
+        recipe, following = _default_recipe({**file_values, **flag_values})
     config = TrainConfig()
     if recipe is not None:
         if recipe not in RECIPES:
@@ -162,7 +163,8 @@ def _layered(
                 f"unknown recipe {recipe!r}; choose from {', '.join(recipe_names())}"
                 f"{did_you_mean(str(recipe), RECIPES)}"
             )
-        config = apply_overrides(config, {**RECIPES[recipe].values, "recipe": recipe}, f"recipe {recipe}")
+        values = {**RECIPES[recipe].values, "recipe": recipe, **following}
+        config = apply_overrides(config, values, f"recipe {recipe}")
     config = apply_overrides(config, file_values, file_name)
     return apply_overrides(config, flag_values, flags_name)
 
@@ -194,12 +196,19 @@ def older_split_names(values: dict[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
-def _default_recipe(values: dict[str, Any]) -> str | None:
-    """The recipe of the data these settings name when they name no model: `fast` for CIFAR-10 (or
-    its sample). Folder datasets keep the plain defaults (their pictures may be big)."""
+def _default_recipe(values: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The recipe of the data these settings name when they name no model, and the defaults it
+    adds: the source's own (`fast` for CIFAR-10 and its sample), else the one the pictures under
+    --data-dir or beside --labels choose (`defaults.data_defaults`, said in one line)."""
     if "model" in values:
-        return None
-    return default_recipe(values.get("dataset"), values.get("data_dir"))
+        return None, {}
+    if not values.get("labels"):
+        recipe = default_recipe(values.get("dataset"), values.get("data_dir"))
+        if recipe is not None:
+            return recipe, {}
+    from visionfit.config.defaults import data_defaults
+
+    return data_defaults(values) or (None, {})
 
 
 def config_from(config: TrainConfig | None, overrides: dict[str, Any], source: str) -> TrainConfig:

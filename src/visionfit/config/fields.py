@@ -298,6 +298,14 @@ class TrainConfig:
 
     # optimisation
     epochs: int = option(10, "passes over the training data", "optimisation")
+    time: str | None = option(
+        None,
+        "a time budget for the epochs (their training and held-out evaluation, not start-up), e.g. "
+        "15m, 2h, 1h30m, 90s: after the first epoch, --epochs becomes the number that fits and the "
+        "learning-rate schedule ends when the budget does; the run stops cleanly and run.json says why",
+        "optimisation",
+        metavar="DURATION",
+    )
     optimizer: str = option("sgd", "optimizer", "optimisation", choices=OPTIMIZERS)
     lr: float = option(0.01, "peak learning rate", "optimisation")
     momentum: float = option(0.9, "SGD momentum", "optimisation")

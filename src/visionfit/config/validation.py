@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from visionfit.choices import MAX_TEST_TIME_SHIFT, check_device_name
 from visionfit.config.fields import TrainConfig, field_choices, flag_name
@@ -63,6 +64,8 @@ def _check_counts(config: TrainConfig) -> None:
         raise UserError(f"--log-every must be 0 or more, got {config.log_every}")
     if config.patience < 0:
         raise UserError(f"--patience must be 0 (off) or a number of epochs, got {config.patience}")
+    if config.time is not None and not parse_duration(config.time) > 0:
+        raise UserError(f"--time must be a positive duration such as 15m, got {config.time!r}")
     _check_class_weights(config.class_weights)
 
 
@@ -206,3 +209,18 @@ def check_held_out_choices(config: TrainConfig, validation: bool) -> None:
             f"{' and '.join(balancing)} balances one class per image; a multi-label run (several "
             "labels per image) cannot use it: leave it out"
         )
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a --time duration such as 15m, 2h, 1h30m or 90s (a bare number: minutes)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text) * 60
+    if not DURATION.fullmatch(text):
+        raise UserError(f"--time must be a duration such as 15m, 2h, 1h30m or 90s, got {text!r}")
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in DURATION_PART.findall(text))

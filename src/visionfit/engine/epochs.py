@@ -19,7 +19,8 @@ from visionfit.console import EpochProgress, logger
 from visionfit.data.batches import SourceBatch, TrainBatches
 from visionfit.data.registry import DataSplits
 from visionfit.data.transforms import Preprocess
-from visionfit.distributed import barrier, count_across, gather_to_main, sum_across
+from visionfit.distributed import barrier, broadcast_from_main, count_across, gather_to_main, sum_across
+from visionfit.engine import budget
 from visionfit.engine.checkpointing import RunCheckpoints
 from visionfit.engine.ema import WeightAverage
 from visionfit.engine.events import RunEvents
@@ -82,6 +83,9 @@ def fit(
     test sample's, on rank 0), or None when no epoch was left to train. `on_epoch(record)` sees each
     epoch's record once it is saved; an exception it raises (a pruned trial) ends the run there."""
     evaluation = None
+    if state.time_epochs and not state.out_of_time:  # a resumed --time run: the schedule it fitted
+        steps_per_epoch = run.batches.batches_per_epoch()
+        run.config = budget.reschedule(run.config, run.optimization, steps_per_epoch, state.time_epochs)
     while (reason := stop_reason(run.config, state)) is None:
         apply_freezing(run, state.epoch)
         evaluation = run_epoch(run, state, history)
@@ -100,6 +104,8 @@ def stop_reason(config: TrainConfig, state: TrainState) -> str | None:
     """Why the run stops before epoch `state.epoch`, or None while it goes on: a function of the
     state alone, so that a resumed run stops where it would have."""
     if state.epoch > config.epochs:
+        if config.time is not None:
+            return budget.time_stop_reason(config, state)
         return f"trained all {config.epochs} epochs"
     # Tests since the best one (with --test-every K, only every K-th epoch is measured).
     waited = (state.epoch - 1) // config.test_every - state.best_epoch // config.test_every
@@ -139,11 +145,15 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
     checkpoint. Returns the test, if there was one."""
     config, epoch = run.config, state.epoch
     train_loss, train_seconds = train_epoch(run, state)
+    # --time: whether this epoch must be the last, decided before its test (which keeps predictions)
+    runs_out = (
+        config.time is not None
+        and epoch < config.epochs
+        and broadcast_from_main(lambda: budget.runs_out(config, history, train_seconds))
+    )
     tested = time.perf_counter()
-    evaluation = None
+    evaluation = test_when_due(run, epoch, last=epoch == config.epochs or runs_out)
     held_out = run.data.held_out  # "val" with a validation split: the test split waits for the end
-    if epoch % config.test_every == 0 or epoch == config.epochs:
-        evaluation = test(run, epoch, keep_predictions=epoch == config.epochs and held_out == "test")
     report = evaluation.sums.report(run.classes) if evaluation is not None else None
     record = {
         "epoch": epoch,
@@ -160,6 +170,11 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         record["val"] = report
     history.append(record)
     run.events.epoch(record)
+    if config.time is not None:
+        steps_per_epoch = run.batches.batches_per_epoch()
+        run.config = config = budget.fit_to_budget(
+            config, run.optimization, steps_per_epoch, state, history, runs_out=runs_out
+        )
     metric = best_metric_name(config.best_metric, config.task)
     score = None if report is None else metric_score(report, metric)
     best = score is not None and improves(state, score)
@@ -172,6 +187,17 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
     run.checkpoints.restart_clock()
     log_epoch(config, record, best)
     return evaluation
+
+
+def test_when_due(run: TrainingRun, epoch: int, *, last: bool) -> Evaluation | None:
+    """The epoch's test when one is due: every --test-every epochs, the last epoch (keeping its
+    predictions for the end-of-run plots) and, with --time, an epoch after which the schedule is
+    fitted (what an epoch costs includes its test, and a fit may end the run there)."""
+    config = run.config
+    refits = budget.refits_after(config, epoch)
+    if epoch % config.test_every and not last and not refits:
+        return None
+    return test(run, epoch, keep_predictions=(last or refits) and run.data.held_out == "test")
 
 
 def train_epoch(run: TrainingRun, state: TrainState) -> tuple[float, float]:

@@ -30,6 +30,8 @@ class TrainState:
     best_accuracy: float = -1.0
     best_epoch: int = 0
     best_score: float | None = None  # the best epoch's --best-metric score (higher is better)
+    time_epochs: int = 0  # the epochs --time last fitted (0: none fitted yet, or no --time)
+    out_of_time: bool = False  # --time stopped the run before its fitted epochs (they grew slower)
     epoch_loss_sum: float = 0.0  # summed per-sample loss of this epoch's finished batches
     epoch_samples: int = 0
     epoch_seconds: float = 0.0  # training time spent in this epoch before the last resume
