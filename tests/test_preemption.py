@@ -59,6 +59,20 @@ def wait_for_steps(process: subprocess.Popen, steps: int) -> list[str]:
     return lines
 
 
+def wait_until_stopped(pid: int) -> None:
+    """Until every thread of `pid` is in the stopped state ("T" in /proc/PID/task/*/stat)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        ]
+        if all(state in "tT" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within 30 s")
+
+
 def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=600)
 
@@ -176,6 +190,7 @@ def test_a_second_writer_is_refused_and_a_killed_run_leaves_no_stale_lock(data, 
     run_dir = tmp_path / "busy"
     os.kill(first.pid, signal.SIGSTOP)  # frozen, so that any change would be the second one's
     try:
+        wait_until_stopped(first.pid)  # the signal lands asynchronously: a flush may still be running
         before = snapshot(run_dir)
         same_config = [*train_command(data, tmp_path, "busy", epochs=4), "--resume", "auto"]
         for command in (resume_command(run_dir), same_config):

@@ -49,7 +49,7 @@ def api_answer(url: str, path: Path) -> tuple[int, object]:
     import httpx2 as httpx
 
     response = httpx.post(
-        f"{url}/predict?top_k=3", files={"files": (path.name, path.read_bytes())}, timeout=30
+        f"{url}/predict?top_k=3", files={"files": (path.name, path.read_bytes())}, timeout=120
     )
     return response.status_code, response.json()
 
@@ -94,6 +94,9 @@ def test_the_page_classifies_picked_images_and_shows_a_refusal(tmp_path, files):
 def check_page(page, url, images, expected, notes, refusal):
     from playwright.sync_api import expect
 
+    # Playwright's 5 s default is too short for the first /explain (it imports grad-cam) on a loaded
+    # two-core machine; a page that never shows the overlay still fails.
+    expect.set_options(timeout=30_000)
     problems, dialogs = [], []
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
