@@ -491,7 +491,7 @@ def finish(
         if "map" in best[held_out]
         else f"accuracy {best[held_out]['accuracy']:.2%}"
     )
-    chosen = f"best {held_out} {headline} at epoch {state.best_epoch}; "
+    chosen = f"best {run.data.held_out_name} {headline} at epoch {state.best_epoch}; "
     if final_test is not None:
         chosen += f"test accuracy of those weights {final_test['accuracy']:.2%} (measured once, now); "
     logger.info(

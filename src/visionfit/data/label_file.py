@@ -188,6 +188,17 @@ def samples_of(rows: list[Row], index: dict[str, int], classes: list[str], task:
     return FileSamples([row.path for row in rows], [index[row.labels[0]] for row in rows])
 
 
+def read_files(options: LabelFileOptions, data_dir: str | None) -> tuple[list[Row], list[Row]]:
+    """The label file's rows and --test-labels' (paths relative to --data-dir, else to each file)."""
+    path = Path(options.labels).expanduser()
+    rows = read_rows(path, options, Path(data_dir).expanduser() if data_dir else path.parent)
+    if not options.test_labels:
+        return rows, []
+    test_path = Path(options.test_labels).expanduser()
+    test_base = Path(data_dir).expanduser() if data_dir else test_path.parent
+    return rows, read_rows(test_path, options, test_base, split="test")
+
+
 def load_label_file(request: DataRequest) -> DataSplits:
     """The `labels` dataset: the label file (and `--test-labels`) read and checked whole, the
     classes, the task, and train and held-out samples. The held-out split is the file's `val`
@@ -196,19 +207,18 @@ def load_label_file(request: DataRequest) -> DataSplits:
     if options is None:
         raise UserError("--dataset labels needs --labels FILE (CSV, TSV or JSON lines)")
     path = Path(options.labels).expanduser()
-    base = Path(request.data_dir).expanduser() if request.data_dir else path.parent
-    rows = read_rows(path, options, base)
-    test_rows: list[Row] = []
-    if options.test_labels:
-        test_path = Path(options.test_labels).expanduser()
-        test_base = Path(request.data_dir).expanduser() if request.data_dir else test_path.parent
-        test_rows = read_rows(test_path, options, test_base, split="test")
+    rows, test_rows = read_files(options, request.data_dir)
     source = str(path)
     classes, index = class_list(rows + test_rows, options.class_names, source)
     task = task_of(rows + test_rows, options.task, source)
     splits = _splits(rows, test_rows, source)
     check_classes_present(splits["train"], index, classes, "train", source)
     held_name = "val" if splits["val"] else "test"
+    if splits["val"] and request.val_fraction is not None:
+        raise UserError(
+            f"--val-fraction holds validation images out of train, but {source} already has val rows; "
+            "leave --val-fraction out"
+        )
     if splits["val"] and splits["test"]:
         request.notify(f"{len(splits['test'])} test rows are set aside: the val rows are the held-out split")
     train = samples_of(splits["train"], index, classes, task)
@@ -219,14 +229,19 @@ def load_label_file(request: DataRequest) -> DataSplits:
     else:
         # --val-fraction when given, else the default held-out share (--test-fraction's 0.1)
         fraction = request.val_fraction if request.val_fraction is not None else request.test_fraction
-        train, held_out = hold_out(train, len(classes), fraction, request.seed)
+        train, held_out = hold_out(
+            train, len(classes), fraction, request.seed, request.val_fraction is not None
+        )
         where = f"{fraction:g} of train held out (seed {request.seed})"
     if len(train) == 0 or len(held_out) == 0:
         raise UserError(f"{source} has too few images for a train and a held-out split; add rows")
     if task == "multilabel":
         request.notify(f"{source}: several labels per image: a multi-label task (--task multilabel)")
-    description = f"{len(classes)} classes from {source}, {where} ({len(train)} train / {len(held_out)} test)"
     validation = held_name == "val" or not splits[held_name]
+    held = "val" if validation else "test"
+    description = (
+        f"{len(classes)} classes from {source}, {where} ({len(train)} train / {len(held_out)} {held})"
+    )
     aside = (
         samples_of(splits["test"], index, classes, task) if held_name == "val" and splits["test"] else None
     )
@@ -235,15 +250,22 @@ def load_label_file(request: DataRequest) -> DataSplits:
     )
 
 
-def hold_out(samples: Samples, num_classes: int, fraction: float, seed: int) -> tuple[Samples, Samples]:
-    """A seeded share of `samples` held out: stratified by class for one label per image, a plain
-    random share for several."""
+def hold_out(
+    samples: Samples, num_classes: int, fraction: float, seed: int, stratify_sets: bool = False
+) -> tuple[Samples, Samples]:
+    """A seeded share of `samples` held out: stratified by class for one label per image; for
+    several, by iterative stratification with --val-fraction (`stratify_sets`), else the plain
+    random share that runs without it have always drawn."""
     from visionfit.data.folder import stratified_split
     from visionfit.data.samples import FileSamples
+    from visionfit.data.splits import VALIDATION_SEED_OFFSET, stratified_indices
 
     if isinstance(samples, FileSamples):
         return stratified_split(samples, num_classes, fraction, seed)
-    return samples.random_split(fraction, seed)
+    if not stratify_sets:
+        return samples.random_split(fraction, seed)
+    kept, held_out = stratified_indices(samples.label_tensor(), fraction, seed + VALIDATION_SEED_OFFSET)
+    return samples.subset(kept), samples.subset(held_out)
 
 
 register_dataset(

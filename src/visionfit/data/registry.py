@@ -51,6 +51,12 @@ class DataSplits:
     set_aside: Samples | None = None
 
     @property
+    def held_out_name(self) -> str:
+        """What the held-out split is called where people read it: "val" when it is validation data
+        (a label file's val rows or its share of train too, which sit in the `test` place)."""
+        return "val" if self.validation else "test"
+
+    @property
     def image_side(self) -> int | None:
         """The side of the (square, uniform) in-memory images, if the dataset has one."""
         return self.train.image_side()
@@ -201,7 +207,8 @@ def load_data(
     source = get_dataset(dataset or DEFAULT_DATASET)
     check_data_dir(source.name, data_dir)
     data = source.load(request)
-    if val_fraction is None or source.name == "labels":  # a label file holds out its own validation
+    # A label file without a test split holds out its own validation (its held-out split).
+    if val_fraction is None or (source.name == "labels" and data.validation):
         return data
     return hold_out_validation(data, val_fraction, seed)
 
@@ -215,9 +222,7 @@ def hold_out_validation(data: DataSplits, fraction: float, seed: int) -> DataSpl
         )
     from visionfit.data.splits import VALIDATION_SEED_OFFSET, stratified_indices
 
-    labels = data.train.label_tensor()
-    if labels.dim() != 1:
-        raise UserError("--val-fraction needs one class per image; give the validation images a split")
+    labels = data.train.label_tensor()  # (N, C) with several labels per image: iterative stratification
     kept, held_out = stratified_indices(labels, fraction, seed + VALIDATION_SEED_OFFSET)
     if not held_out or not kept:
         raise UserError(

@@ -185,7 +185,7 @@ def run_epoch(run: TrainingRun, state: TrainState, history: list[dict[str, Any]]
         run.checkpoints.save_epoch(run.plain_model, run.optimization, state, record, best, run.ema)
     barrier()  # the other ranks wait for rank 0's checkpoint
     run.checkpoints.restart_clock()
-    log_epoch(config, record, best)
+    log_epoch(config, record, best, run.data.held_out_name)
     return evaluation
 
 
@@ -305,9 +305,9 @@ def test(run: TrainingRun, epoch: int, *, keep_predictions: bool = False) -> Eva
     return Evaluation(evaluation.sums.across_processes(), predictions)
 
 
-def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool) -> None:
-    split = "val" if "val" in record else "test"
-    report = record[split]
+def log_epoch(config: TrainConfig, record: dict[str, Any], best: bool, split: str = "test") -> None:
+    """The epoch's console line; `split` is what the held-out split is called ("val" or "test")."""
+    report = record["val" if "val" in record else "test"]
     tested = ""
     if report is not None and report.get("task") == "multilabel":
         tested = (
