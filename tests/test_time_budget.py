@@ -15,6 +15,8 @@ import visionfit.engine.epochs as epochs
 from test_resume import Interrupt, assert_same_run, interrupt_after, make_noisy_dataset, settings
 from visionfit.config import build_config
 from visionfit.config.validation import parse_duration
+from visionfit.engine.budget import time_stop_reason
+from visionfit.engine.state import TrainState
 from visionfit.errors import UserError
 from visionfit.training import train
 
@@ -65,6 +67,10 @@ def test_durations():
     for bad in ("0m", "-5m", "inf", "nan"):
         with pytest.raises(UserError, match="--time"):
             build_config(flag_values={"time": bad})
+    one = build_config(flag_values={"time": "5m", "epochs": 1})
+    assert time_stop_reason(one, TrainState()) == "time budget 5m: trained the one epoch that fits"
+    late = time_stop_reason(one, TrainState(out_of_time=True))
+    assert late == "time budget 5m: another epoch would overrun it, stopped after epoch 1"
 
 
 def test_a_slower_phase_refits_and_slower_epochs_stop_early(noisy, tmp_path, clock):

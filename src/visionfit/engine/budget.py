@@ -120,4 +120,6 @@ def time_stop_reason(config: TrainConfig, state: TrainState) -> str:
         return (
             f"time budget {config.time}: another epoch would overrun it, stopped after epoch {config.epochs}"
         )
+    if config.epochs == 1:
+        return f"time budget {config.time}: trained the one epoch that fits"
     return f"time budget {config.time}: trained all {config.epochs} epochs that fit"
