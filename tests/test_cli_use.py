@@ -241,10 +241,16 @@ def test_class_check_and_confusion_text():
     [
         (["serve", "model.safetensors", "--port", "70000"], "must be between 1 and 65535, got 70000"),
         (["serve", "model.safetensors", "--port", "http"], "expected a port number, got 'http'"),
-        (["doctor", "--test-fraction", "1.5"], "must be between 0 and 1 (exclusive), got 1.5"),
     ],
 )
 def test_shared_argument_types_refuse_bad_values_in_one_line(capsys, command, message):
     with pytest.raises(SystemExit) as stopped:
         main(command)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_doctor_checks_its_data_options_as_train_does(capsys, tmp_path):
+    # doctor's data flags are train's, checked by train's config validation: one line, exit 2.
+    assert main(["doctor", "--test-fraction", "1.5", "--data-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines() == ["visionfit: error: --test-fraction must be between 0 and 1, got 1.5"]

@@ -264,7 +264,9 @@ def worker(data: Path, runs: Path, *extra: str) -> subprocess.Popen:
 
 def test_two_workers_share_one_sqlite_study(folder_dataset, tmp_path):
     runs = tmp_path / "runs"
-    extra = ("--epochs", "1", "--trials", "4", "--search", "random")
+    # No pruning: a trial after the 3 start-up trials could be pruned at epoch 1, and this test is
+    # about two workers sharing one study, not about which trials finish.
+    extra = ("--epochs", "1", "--trials", "4", "--search", "random", "--pruner", "none")
     workers = [worker(folder_dataset, runs, *extra) for _ in range(2)]
     for process in workers:
         _, err = process.communicate(timeout=300)
