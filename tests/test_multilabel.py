@@ -231,3 +231,16 @@ def test_mixup_is_refused_for_multilabel_in_one_line(capsys, multilabel_set, tmp
     errors = [line for line in err.splitlines() if line.startswith("visionfit: error: ")]
     assert code == 2 and len(errors) == 1 and "cannot use them" in errors[0] and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_multilabel_model_has_no_temperature_and_calibrate_says_why(capsys, trained):
+    from visionfit.cli import main
+    from visionfit.engine.checkpoint_file import load_checkpoint
+
+    best = trained / "checkpoints" / "best.safetensors"
+    assert "calibration" not in load_checkpoint(best).metadata  # thresholds, not a temperature
+    capsys.readouterr()
+    assert main(["calibrate", str(trained), "--split", "val"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "multi-label model: no temperature" in error
+    assert "calibration" not in load_checkpoint(best).metadata

@@ -31,6 +31,12 @@ SPLIT_WARNINGS = {
     "test": "the test split is no longer a fair measure of this model's calibration; report on other data",
 }
 
+# Said by train and refused by calibrate: one temperature scales one softmax over the classes.
+MULTILABEL_NO_TEMPERATURE = (
+    "no temperature (a temperature scales one softmax; each class's sigmoid has its own decision "
+    "threshold, chosen on validation data and kept in the checkpoint)"
+)
+
 
 @dataclass
 class CalibrationResult:
@@ -121,6 +127,8 @@ def calibrate_checkpoint(
         raise UserError(f"{path} is an ONNX file; calibrate its checkpoint, then export it again")
     options = options or InferenceOptions()
     model = load_for_inference(path, options, precision="fp32", calibrated=False)
+    if model.multilabel:
+        raise UserError(f"{path} is a multi-label model: {MULTILABEL_NO_TEMPERATURE}")
     data = model.training_data(dataset, data_dir)
     if data.classes != model.classes:
         raise UserError(

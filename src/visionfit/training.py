@@ -477,8 +477,12 @@ def finish(
     if not run.runtime.is_main:
         run.events.close()
         return result
-    if config.task != "multilabel":  # a temperature scales one softmax; a multi-label model has thresholds
+    if config.task != "multilabel":
         calibrate_on_validation(run)
+    elif config.calibrate and run.data.validation:
+        from visionfit.calibrating import MULTILABEL_NO_TEMPERATURE
+
+        logger.info(f"calibration of a multi-label run: {MULTILABEL_NO_TEMPERATURE}")
     # The plots' confusion matrix and mistakes are the test's: the last epoch's, or the final one's.
     plotted = history if final_test is None else [*history[:-1], {**history[-1], "test": final_test}]
     write_end_of_run(run, state, plotted, last_test, best, data)
