@@ -91,6 +91,7 @@ def test_one_and_two_processes_reach_the_same_accuracy_on_real_cifar10(tmp_path)
     arguments = [
         "--data-dir", str(data), "--epochs", "4", "--batch-size", "64", "--lr", "0.02",
         "--workers", "0", "--log-every", "0", "--run-dir", str(tmp_path / "runs"),
+        "--model", "cifar10-quick",  # named: a bare folder of small pictures now gets the fast recipe
     ]  # fmt: skip
     run(visionfit(*arguments, "--name", "one"))
     run(visionfit(*arguments, "--name", "two", "--nproc", "2"))
