@@ -436,7 +436,11 @@ def calibrate_on_validation(run: TrainingRun) -> None:
     --calibrate (the default): the temperature of the best and last checkpoints, fitted on it."""
     if not run.config.calibrate or not run.data.validation:
         return
-    from visionfit.calibrating import calibrate_run_checkpoints
+    from visionfit.calibrating import MULTILABEL_NO_TEMPERATURE, calibrate_run_checkpoints
+
+    if run.config.task == "multilabel":
+        logger.info(f"calibration of a multi-label run: {MULTILABEL_NO_TEMPERATURE}")
+        return
 
     folder = run.checkpoints.folder
     result = calibrate_run_checkpoints(
@@ -477,12 +481,7 @@ def finish(
     if not run.runtime.is_main:
         run.events.close()
         return result
-    if config.task != "multilabel":
-        calibrate_on_validation(run)
-    elif config.calibrate and run.data.validation:
-        from visionfit.calibrating import MULTILABEL_NO_TEMPERATURE
-
-        logger.info(f"calibration of a multi-label run: {MULTILABEL_NO_TEMPERATURE}")
+    calibrate_on_validation(run)  # a multi-label run says it gets no temperature
     # The plots' confusion matrix and mistakes are the test's: the last epoch's, or the final one's.
     plotted = history if final_test is None else [*history[:-1], {**history[-1], "test": final_test}]
     write_end_of_run(run, state, plotted, last_test, best, data)
