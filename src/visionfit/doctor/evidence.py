@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from visionfit.doctor.collection import Collection
+from visionfit.doctor.options import QUICK_RECIPE, quick_run
 from visionfit.doctor.pretrained import (
     PretrainedSource,
     choose_pretrained,
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 BATCH = 256
 CACHE_FORMAT = 1  # bump when the cached evidence changes meaning
 QUICK_SIDE = 64  # the quick model's input side for pictures larger than this
-QUICK_RECIPE = "fast"  # the quick models' training recipe (airnet, the CIFAR time-to-accuracy one)
 # From this many pictures on, 2 folds instead of 3. K quick models train (K-1)/K of the pictures
 # each, (K-1) x pictures x epochs in all: 2 folds cost half of 3. Small sets need every picture to
 # make a judge and train fast anyway; large ones make a decent judge from half (CIFAR-10: 25,000
@@ -265,20 +265,8 @@ def quick_model_evidence(
             f"doctor: quick model {fold + 1}/{options.folds} ({(~held_out).sum():,} pictures to learn from)"
         )
         write_fold_folder(collection, usable, held_out, work / f"data{fold}")
-        result = train(
-            recipe=QUICK_RECIPE,
-            dataset="folder",
-            data_dir=str(work / f"data{fold}"),
-            input_size=side,
-            epochs=options.epochs,
-            seed=options.seed + fold,
-            device=options.device,
-            run_dir=str(work / "runs"),
-            name=f"fold{fold}",
-            test_every=options.epochs,
-            tensorboard=False,
-            bad_images="skip",
-        )
+        settings = quick_run(options, side, work, fold)
+        result = train(dataset="folder", data_dir=str(work / f"data{fold}"), **settings)
         accuracy = result.history[-1]["test"]["accuracy"]
         logger.info(f"doctor: quick model {fold + 1} classifies its held-out fold at {accuracy:.1%}")
         shutil.rmtree(work / f"data{fold}", ignore_errors=True)  # links only; the run stays

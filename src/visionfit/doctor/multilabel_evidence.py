@@ -69,6 +69,7 @@ def multilabel_quick_evidence(
     models (input side `side`), each trained on the other folds; `predict` reads a model's features
     and probabilities of some items. A class no picture of a fold's training part shows gets
     probability 0 in that fold (its training prior)."""
+    from visionfit.doctor.options import quick_run
     from visionfit.inference import load_for_inference
     from visionfit.training import train
 
@@ -87,21 +88,8 @@ def multilabel_quick_evidence(
         )
         label_file = work / f"labels{fold}.csv"
         write_fold_labels(collection, usable[~held_out], label_file)
-        result = train(
-            recipe="fast",
-            labels=str(label_file),
-            label_separator=IDS_SEPARATOR,
-            task="multilabel",
-            input_size=side,
-            epochs=options.epochs,
-            seed=options.seed + fold,
-            device=options.device,
-            run_dir=str(work / "runs"),
-            name=f"fold{fold}",
-            test_every=options.epochs,
-            tensorboard=False,
-            bad_images="skip",
-        )
+        settings = quick_run(options, side, work, fold)
+        result = train(labels=str(label_file), label_separator=IDS_SEPARATOR, task="multilabel", **settings)
         model = load_for_inference(result.last_checkpoint, device=options.device, flip=False, shift=0)
         items = usable[held_out]
         fold_features, fold_probabilities = predict(model, collection, items)

@@ -27,3 +27,22 @@ class DoctorOptions:
     grid_size: int = 16
     tensorboard: bool = False
     settings: Settings = field(default_factory=Settings)
+
+
+QUICK_RECIPE = "fast"  # the quick models' training recipe (airnet, the CIFAR time-to-accuracy one)
+
+
+def quick_run(options: DoctorOptions, side: int, work: Path, fold: int) -> dict:
+    """The train settings of fold `fold`'s quick model (single- and multi-label alike)."""
+    return {
+        "recipe": QUICK_RECIPE,
+        "input_size": side,
+        "epochs": options.epochs,
+        "seed": options.seed + fold,
+        "device": options.device,
+        "run_dir": str(work / "runs"),
+        "name": f"fold{fold}",
+        "test_every": options.epochs,
+        "tensorboard": False,
+        "bad_images": "skip",
+    }
