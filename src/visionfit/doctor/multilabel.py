@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from visionfit.doctor.checks import LABEL, Evidence, Issue
-from visionfit.doctor.confident import find_label_issues
+from visionfit.doctor.confident import prune_by_noise_rate
 
 
 def class_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -24,7 +24,7 @@ def class_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndar
     flagged = np.zeros(labels.shape, dtype=bool)
     for index in range(labels.shape[1]):
         shown = np.clip(probabilities[:, index], 0.0, 1.0)
-        flagged[:, index] = find_label_issues(labels[:, index], np.stack([1 - shown, shown], axis=1))
+        flagged[:, index] = prune_by_noise_rate(labels[:, index], np.stack([1 - shown, shown], axis=1))
     return flagged
 
 

@@ -90,7 +90,7 @@ def multilabel_quick_evidence(
         write_fold_labels(collection, usable[~held_out], label_file)
         settings = quick_run(options, side, work, fold)
         result = train(labels=str(label_file), label_separator=IDS_SEPARATOR, task="multilabel", **settings)
-        model = load_for_inference(result.last_checkpoint, device=options.device, flip=False, shift=0)
+        model = load_for_inference(result.last_checkpoint, device=options.device)  # its training's TTA
         items = usable[held_out]
         fold_features, fold_probabilities = predict(model, collection, items)
         probabilities[np.ix_(items, class_columns(model.classes))] = fold_probabilities

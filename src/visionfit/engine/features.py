@@ -38,9 +38,12 @@ _VIEW_STREAM = -3  # salt of the per-epoch draw of which view each sample uses
 class HeadInput:
     """Captures what the model's classification layer receives, during a normal forward pass."""
 
-    def __init__(self, model: nn.Module, num_classes: int) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, *, every_pass: bool = False) -> None:
         self.head = model.get_submodule(find_classifier(model, num_classes))
         self.captured: torch.Tensor | None = None
+        # every_pass: keep all of a call's inputs, for `mean_of_views` (test-time augmentation
+        # passes each picture more than once, in one joined batch or in several)
+        self.passes: list[torch.Tensor] | None = [] if every_pass else None
 
     def __enter__(self) -> HeadInput:
         self.handle = self.head.register_forward_pre_hook(self._keep)
@@ -51,6 +54,17 @@ class HeadInput:
 
     def _keep(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.captured = inputs[0]
+        if self.passes is not None:
+            self.passes.append(inputs[0])
+
+    def mean_of_views(self, count: int) -> torch.Tensor:
+        """(count, features): what the layer received for the last call's `count` pictures, averaged
+        over their test-time views (the head is linear, so these give the averaged logits), and
+        forgotten. Needs `every_pass`."""
+        assert self.passes, "HeadInput(every_pass=True) and a forward pass first"
+        received = torch.cat([tensor.float().flatten(1) for tensor in self.passes])
+        self.passes = []
+        return received.view(-1, count, received.shape[1]).mean(dim=0)
 
 
 class FrozenFeatures(FollowsOrder):
