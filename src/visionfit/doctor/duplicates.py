@@ -1,6 +1,13 @@
 """Exact copies (same bytes, or the same pixels in memory) and near copies (perceptual hashes a few
 bits apart: robust to re-encoding, resizing and small crops), within and across splits.
 
+A hash is 64 bits of a 32-pixel picture's lowest frequencies, and on small pictures with plain
+backgrounds (a bird or a plane on a blue sky, CIFAR-10) different photos can land a few bits apart.
+So a pair more than CONFIRMED_BITS apart is kept only when the pictures also look alike pixel by
+pixel: the correlation of their 16 x 16 grey thumbnails at least SAME_PICTURE_CORRELATION. On
+CIFAR-10 (benchmarks/RESULTS.md) planted 5% crops correlate at 0.92 or more, and the 22 pairs of
+different photos that the hashes alone put within 8 bits with conflicting labels at 0.90 or less.
+
 Copies across splits (train ↔ val ↔ test leaks: any two different splits) with conflicting labels
 (a different class, or a different set of classes for multi-label data) come first in the list, then
 other leaks, then conflicting labels within a split, then plain copies. Every group keeps one
@@ -19,6 +26,8 @@ from visionfit.doctor.collection import Collection
 HASH_BITS = 64
 NEAR_CONSTANT_SPREAD = 0.02  # pixel standard deviation (0-1) below which a hash is not compared
 _CHUNK = 128  # rows of the pairwise distance matrix held at once (128 x 60k bytes)
+CONFIRMED_BITS = 4  # pairs at most this far apart are copies on the hashes' word alone
+SAME_PICTURE_CORRELATION = 0.9
 
 
 def copy_priority(collection: Collection, item: int, original: int) -> tuple[int, str]:
@@ -89,6 +98,21 @@ def close_pairs(hashes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances).astype(np.int64)
 
 
+def thumbnail_correlation(thumbnails: np.ndarray, firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """The correlation (-1 to 1) of the grey thumbnails of each pair (firsts[k], seconds[k])."""
+    if not len(firsts):
+        return np.zeros(0)
+
+    def centred(items: np.ndarray) -> np.ndarray:
+        pixels = np.stack([np.frombuffer(thumbnails[item], dtype=np.uint8) for item in items]).astype(
+            np.float64
+        )
+        pixels -= pixels.mean(axis=1, keepdims=True)
+        return pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-9)
+
+    return (centred(firsts) * centred(seconds)).sum(axis=1)
+
+
 @register_check
 class NearDuplicate(Check):
     kind = "near_duplicate"
@@ -105,8 +129,13 @@ class NearDuplicate(Check):
         )
         bits = evidence.settings.near_duplicate_bits
         firsts, seconds, distances = close_pairs(facts.phash[candidates], bits)
+        firsts, seconds = candidates[firsts], candidates[seconds]
+        alike = (distances <= CONFIRMED_BITS) | (
+            thumbnail_correlation(facts.thumbnail, firsts, seconds) >= SAME_PICTURE_CORRELATION
+        )
+        firsts, seconds, distances = firsts[alike], seconds[alike], distances[alike]
         closest: dict[int, tuple[int, int]] = {}  # item -> (distance, partner); the later item of each pair
-        for first, second, distance in zip(candidates[firsts], candidates[seconds], distances, strict=True):
+        for first, second, distance in zip(firsts, seconds, distances, strict=True):
             if int(second) not in closest or distance < closest[int(second)][0]:
                 closest[int(second)] = (int(distance), int(first))
         issues = []

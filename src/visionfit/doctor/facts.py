@@ -25,6 +25,7 @@ from visionfit.doctor.collection import Collection
 # Properties are scored on a copy at most this many pixels on its longer side: enough for
 # brightness, entropy and edges, and the cost of a picture no longer depends on its size.
 PROPERTY_SIDE = 128
+THUMBNAIL_SIDE = 16
 # The formats Pillow names for each file extension (a mismatch is an odd file, not a broken one).
 EXTENSION_FORMATS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF",
@@ -49,6 +50,7 @@ class PictureFacts:
     entropy: float = 8.0  # bits per pixel of the grey-level histogram (low: little information)
     spread: float = 1.0  # standard deviation of the pixel values (near 0: a near-constant picture)
     phash: int = 0  # 64-bit perceptual hash (imagehash.phash) of the picture
+    thumbnail: bytes = b""  # THUMBNAIL_SIDE² grey levels: a second look at near-copy candidates
 
 
 @dataclass
@@ -90,7 +92,7 @@ def gather_facts(
 def _dtype(name: str) -> object:
     if name == "phash":
         return np.uint64
-    if name in ("digest", "error", "format"):
+    if name in ("digest", "error", "format", "thumbnail"):
         return object
     return np.int64 if name in ("size_bytes", "width", "height", "frames") else np.float64
 
@@ -153,4 +155,5 @@ def describe(picture: Image.Image, facts: PictureFacts) -> PictureFacts:
     facts.spread = float(pixels.std())
     bits = imagehash.phash(picture).hash.ravel()
     facts.phash = int(np.packbits(bits).view(">u8")[0])
+    facts.thumbnail = grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR).tobytes()
     return facts

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from visionfit.doctor.checks import Settings
 
-
 # The quick models' length: 12 epochs, the first half at 3/4 of the input side (about 0.55 of a
 # full epoch's compute each). On CIFAR-10 (two folds of 25,000 pictures, machine C) that is about
 # 5 minutes a fold and gives a held-out accuracy of about 84% (clean labels, flip TTA), against
