@@ -9,6 +9,11 @@ pixel: the correlation of their 16 x 16 grey thumbnails at least SAME_PICTURE_CO
 flower photos' own re-cropped copies at 0.83-0.89; of the CIFAR-10 pairs 6-8 bits apart (or with
 conflicting labels) that the hashes alone flag across train and test, 0.8 keeps 53 of the 58 that
 are the same photo and 16 of the 56 that are not.
+
+Copies across splits (train ↔ val ↔ test leaks: any two different splits) with conflicting labels
+(a different class, or a different set of classes for multi-label data) come first in the list, then
+other leaks, then conflicting labels within a split, then plain copies. Every group keeps one
+member unlisted (its first item), so `train --exclude issues.csv` leaves one copy of each.
 """
 
 from __future__ import annotations
