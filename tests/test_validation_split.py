@@ -129,6 +129,12 @@ def test_without_validation_best_is_chosen_on_test_and_the_run_says_so(watched, 
     assert json.loads((result.run_dir / "run.json").read_text())["best_chosen_on"] == "test"
 
 
+def test_one_test_pass_at_the_end_chooses_nothing_and_says_nothing(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="visionfit"):
+        train(**run_settings(tmp_path, "memory", test_every=2))
+    assert "no validation split" not in caplog.text
+
+
 def test_the_validation_split_is_stratified_disjoint_and_seeded():
     labels = torch.tensor([0] * 10 + [1] * 20 + [2] * 3)
     kept, held = stratified_indices(labels, 0.2, seed=5)

@@ -374,7 +374,7 @@ def announce(run: TrainingRun, plan: ResumePlan, state: TrainState, data_path: s
         )
     if plan.folder is not None:
         logger.info(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.global_step})")
-    if not run.data.validation:
+    if not run.data.validation and config.test_every < config.epochs:  # one test pass chooses nothing
         logger.info(
             "no validation split: best is chosen on the test split, which then measures a choice made "
             "on it (--val-fraction 0.1, or train/, val/ and test/ folders, keep the test split for the end)"
