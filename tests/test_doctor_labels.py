@@ -139,3 +139,11 @@ def test_near_copy_candidates_far_apart_in_the_hash_must_also_look_alike():
     assert (1, 0) in found  # 6 bits, alike
     assert (3, 2) not in found  # 6 bits, different pictures
     assert (5, 4) in found  # 2 bits
+
+
+def test_quick_models_train_half_their_epochs_small_except_on_tiny_pictures(tmp_path):
+    from visionfit.doctor.options import DoctorOptions, quick_run
+
+    options = DoctorOptions(epochs=12)
+    assert quick_run(options, 32, tmp_path, 0)["low_res_epochs"] == 6
+    assert quick_run(options, 12, tmp_path, 0)["low_res_epochs"] == 0  # 3/4 of 12 px: too small
