@@ -105,42 +105,6 @@ def test_folds_default_to_two_from_many_pictures_on():
     assert default_folds(MANY_PICTURES - 1) == 3 and default_folds(MANY_PICTURES) == 2
 
 
-def test_near_copy_candidates_far_apart_in_the_hash_must_also_look_alike():
-    """Hashes 6 bits apart: a copy when the thumbnails correlate, not when they do not; 2 bits
-    apart: a copy on the hashes' word alone."""
-    from visionfit.doctor.checks import Evidence, Settings
-    from visionfit.doctor.collection import Collection
-    from visionfit.doctor.duplicates import NearDuplicate
-    from visionfit.doctor.facts import Facts
-
-    rng = np.random.default_rng(0)
-    scene = rng.integers(0, 256, 256, dtype=np.uint8)
-    other = rng.integers(0, 256, 256, dtype=np.uint8)
-    thumbnails = [scene, np.clip(scene.astype(int) + 5, 0, 255).astype(np.uint8), scene, other, scene, other]
-    base = 0x0F0F_0F0F_0F0F_0F0F
-    phash = [base, base ^ 0b111111, base << 1, (base << 1) ^ 0b111111, base >> 1, (base >> 1) ^ 0b11]
-    count = len(phash)
-    facts = Facts(
-        {
-            "error": np.array([""] * count, dtype=object),
-            "digest": np.array([f"d{item}" for item in range(count)], dtype=object),
-            "spread": np.full(count, 0.3),
-            "phash": np.array(phash, dtype=np.uint64) & np.uint64(2**64 - 1),
-            "thumbnail": np.array([pixels.tobytes() for pixels in thumbnails], dtype=object),
-        }
-    )
-    collection = Collection(
-        ["a"], ["train"] * count, list(range(count)), [None] * count, np.zeros(count, np.int64), {}
-    )
-    found = {
-        (issue.item, issue.duplicate_of)
-        for issue in NearDuplicate().find(Evidence(collection, facts, Settings()))
-    }
-    assert (1, 0) in found  # 6 bits, alike
-    assert (3, 2) not in found  # 6 bits, different pictures
-    assert (5, 4) in found  # 2 bits
-
-
 def test_quick_models_train_half_their_epochs_small_except_on_tiny_pictures(tmp_path):
     from visionfit.doctor.options import DoctorOptions, quick_run
 
