@@ -95,7 +95,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS: list[set[str]] = [
     {"__main__", "cli"},
     {"serve", "tune", "doctor", "launch"},
-    {"training"},
+    {"training", "finishing"},
     {
         "inference",
         "inference_model",

@@ -16,7 +16,7 @@ _EXPORTS = {
     "build_config": "visionfit.config",
     "UserError": "visionfit.errors",
     "train": "visionfit.training",
-    "TrainResult": "visionfit.training",
+    "TrainResult": "visionfit.finishing",
     "load_model": "visionfit.serialization",
     "load": "visionfit.prediction",
     "load_for_inference": "visionfit.inference",
