@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionfit.config.fields import DATA_OPTIONS
 from visionfit.config.validation import check_device_name
 from visionfit.data.transforms import Preprocess
 from visionfit.errors import UserError
@@ -37,20 +38,7 @@ OUTPUT_NAMES = ("logits", "probabilities")
 INSTALL_HINT = 'pip install "visionfit[export]"'
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # What `visionfit eval model.onnx` needs to find the training data (and its held-out split) by default.
-TRAINING_DATA_KEYS = (
-    "dataset",
-    "data_dir",
-    "test_fraction",
-    "val_fraction",
-    "seed",
-    "labels",
-    "test_labels",
-    "file_column",
-    "label_column",
-    "label_separator",
-    "class_names",
-    "task",
-)
+TRAINING_DATA_KEYS = (*DATA_OPTIONS, "seed")  # train's data options, and the seed of its splits
 # The keys every visionfit export has; the rest (model, source checkpoint, versions...) inform.
 REQUIRED_KEYS = ("classes", "input_size", "resize", "normalization")
 
