@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -135,3 +136,9 @@ def tree_digest(root: Path) -> str:
             digest.update(path.read_bytes())
             digest.update(str(os.stat(path).st_mode).encode())
     return digest.hexdigest()
+
+
+def read_issues(folder: Path) -> list[dict[str, str]]:
+    """The rows of a doctor report's issues.csv."""
+    with open(folder / "issues.csv", newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import make_folder_dataset, tree_digest
+from conftest import make_folder_dataset, read_issues, tree_digest
 from visionfit.cli import main
 from visionfit.config import build_config, read_config_file
 
@@ -63,11 +63,6 @@ def run_doctor_cli(capsys, *arguments: str) -> tuple[int, str, str]:
     code = main(["doctor", *arguments])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def read_issues(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "issues.csv", newline="", encoding="utf-8") as stream:
-        return list(csv.DictReader(stream))
 
 
 def test_doctor_finds_planted_faults_and_never_writes_the_dataset(capsys, dirty_dataset, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import COLORS, make_folder_dataset, make_image, tree_digest
+from conftest import COLORS, make_folder_dataset, make_image, read_issues, tree_digest
 from visionfit.cli import main
 
 pytest.importorskip("imagehash")
@@ -100,11 +100,6 @@ def multilabel_files(tmp_path: Path) -> Path:
     with open(root / "tiny.csv", "w", newline="", encoding="utf-8") as stream:
         csv.writer(stream).writerows(rows)
     return root
-
-
-def read_issues(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "issues.csv", newline="", encoding="utf-8") as stream:
-        return list(csv.DictReader(stream))
 
 
 def test_doctor_checks_a_multilabel_label_file_with_quick_models(capsys, multilabel_files, tmp_path):

@@ -41,23 +41,29 @@ def final(run: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return weights, records
 
 
+def plain_and_cached_records(runs: Path) -> list[tuple[dict, dict]]:
+    """Check that RUNS/cached (the feature cache) ends with RUNS/plain's weights, and pair their
+    epoch records for the caller's own comparisons."""
+    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
+    return list(zip(plain_records, cached_records, strict=True))
+
+
 def test_cached_features_train_the_head_as_the_uncached_path_does(folder_dataset, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(arguments(folder_dataset, runs, "plain", "--no-augment", "--no-feature-cache")) == 0
     assert "frozen backbone's features" not in capsys.readouterr().out
     assert main(arguments(folder_dataset, runs, "cached", "--no-augment")) == 0
     assert "computing the frozen backbone's features" in capsys.readouterr().out
-    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
-    for name in plain:
-        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
-    for one, other in zip(plain_records, cached_records, strict=True):
+    for one, other in plain_and_cached_records(runs):
         assert other["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
         assert other["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
         assert other["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
     # A second run over the same pictures and backbone reads the features from the cache file.
     assert main(arguments(folder_dataset, runs, "again", "--no-augment")) == 0
     assert "computing the frozen backbone's features" not in capsys.readouterr().out
-    torch.testing.assert_close(final(runs / "again")[0], cached, rtol=0, atol=0)
+    torch.testing.assert_close(final(runs / "again")[0], final(runs / "cached")[0], rtol=0, atol=0)
 
 
 def test_augmented_views_are_drawn_per_epoch_and_repeat_with_the_seed(folder_dataset, tmp_path):
@@ -109,10 +115,7 @@ def test_with_ema_the_cached_path_tests_the_averaged_head(folder_dataset, tmp_pa
     extra = ["--no-augment", "--ema", "0.9"]
     assert main(arguments(folder_dataset, runs, "plain", *extra, "--no-feature-cache")) == 0
     assert main(arguments(folder_dataset, runs, "cached", *extra)) == 0
-    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
-    for name in plain:
-        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
-    for one, other in zip(plain_records, cached_records, strict=True):
+    for one, other in plain_and_cached_records(runs):
         assert other["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
 
 
@@ -120,8 +123,5 @@ def test_the_balanced_draw_is_the_same_on_cached_features(folder_dataset, tmp_pa
     runs, balanced = tmp_path / "runs", ("--no-augment", "--sampler", "balanced", "--epochs", "1")
     assert main(arguments(folder_dataset, runs, "plain", *balanced, "--no-feature-cache")) == 0
     assert main(arguments(folder_dataset, runs, "cached", *balanced)) == 0
-    (plain, plain_records), (cached, cached_records) = final(runs / "plain"), final(runs / "cached")
-    for name in plain:
-        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
-    for one, other in zip(plain_records, cached_records, strict=True):
+    for one, other in plain_and_cached_records(runs):
         assert other["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
