@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -117,22 +118,37 @@ def test_a_run_with_validation_reads_the_test_set_only_after_its_last_epoch(watc
     assert status["best_chosen_on"] == "val" and status["test"]["accuracy"] == result.test["accuracy"]
 
 
-def test_without_validation_best_is_chosen_on_test_and_the_run_says_so(watched, tmp_path, caplog):
+@pytest.fixture
+def visionfit_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog for the visionfit logger whatever earlier tests did to it: caplog's handler sits on
+    the logger itself, so `setup_logging` leaves it alone (it would otherwise stop propagation to
+    the root logger, where caplog listens, when this test runs first in its process)."""
+    visionfit_logger = logging.getLogger("visionfit")
+    visionfit_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="visionfit"):
+            yield caplog
+    finally:
+        visionfit_logger.removeHandler(caplog.handler)
+
+
+def test_without_validation_best_is_chosen_on_test_and_the_run_says_so(watched, tmp_path, visionfit_log):
     # The control: the same watch sees the test set read during the epochs when there is no val.
-    with caplog.at_level(logging.INFO, logger="visionfit"):
-        result = train(**run_settings(tmp_path, "memory"))
+    result = train(**run_settings(tmp_path, "memory"))
     reads = [position for position, entry in enumerate(watched) if entry[0] == "test read"]
     assert min(reads) < watched.index(("trained", 2))
     assert result.test is None and result.history[-1]["test"]["count"] == 30
     assert "val" not in result.history[-1]
-    assert "no validation split: best is chosen on the test split" in caplog.text
+    assert "no validation split: best is chosen on the test split" in visionfit_log.text
     assert json.loads((result.run_dir / "run.json").read_text())["best_chosen_on"] == "test"
 
 
-def test_one_test_pass_at_the_end_chooses_nothing_and_says_nothing(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="visionfit"):
-        train(**run_settings(tmp_path, "memory", test_every=2))
-    assert "no validation split" not in caplog.text
+def test_one_test_pass_at_the_end_chooses_nothing_and_says_nothing(watched, tmp_path, visionfit_log):
+    # The control's data (no validation split), tested once, after the last epoch.
+    result = train(**run_settings(tmp_path, "memory", test_every=2))
+    assert len(result.history) == 2 and "test" in result.history[-1]  # the run did train and test
+    assert "model: cifar10-quick" in visionfit_log.text  # the run's announcement was captured
+    assert "no validation split" not in visionfit_log.text
 
 
 def test_the_validation_split_is_stratified_disjoint_and_seeded():
