@@ -85,13 +85,17 @@ def add_model_options(model: argparse._ArgumentGroup) -> None:
         type=positive,
         help="K of the cross-validation (default: 2 for 10,000 pictures or more, else 3)",
     )
-    from visionfit.doctor.options import QUICK_EPOCHS  # no torch, no numpy: --help stays fast
+    from visionfit.doctor.options import (  # no torch, no numpy: --help stays fast
+        LOW_RES_FROM_SIDE,
+        QUICK_EPOCHS,
+    )
 
     model.add_argument(
         "--epochs",
         type=positive,
         default=QUICK_EPOCHS,
-        help=f"epochs of each fold's quick model, the first half at 3/4 size (default: {QUICK_EPOCHS})",
+        help=f"epochs of each fold's quick model, the first half at 3/4 size from a "
+        f"{LOW_RES_FROM_SIDE}-px input on (default: {QUICK_EPOCHS})",
     )
     model.add_argument("--no-model", action="store_true", help="only the checks that need no model (fast)")
     model.add_argument("--device", default="auto", help="for the model (default: auto)")
